@@ -1,0 +1,27 @@
+# tff-vision: entry points; each creates its own environment (.venv/) from nothing.
+#   make test   - the whole test suite
+# Everything installs into .venv/ from the fully pinned requirements.lock (TFF itself --no-deps:
+# its declared jax==0.4.14 pin is unsatisfiable, the lock holds a working set instead).
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test env clean-env
+
+env: $(STAMP)
+
+$(STAMP): requirements.lock setup.cfg
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 2; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,96 @@
+"""Process hygiene: no TFF worker_binary outlives its owner, on any exit path."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+from absl.testing import absltest
+
+from tff_vision import runtime
+
+_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    import tensorflow_federated as tff
+    from tff_vision import runtime
+    runtime.start_local_context()
+
+    @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
+    def mean(x):
+        return tff.federated_mean(x)
+
+    print('mean', mean([1.0, 2.0, 6.0]), flush=True)
+    mode = sys.argv[1]
+    if mode == 'raise':
+        raise RuntimeError('boom')
+    if mode == 'hang':
+        print('ready', flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def _wait_gone(pids, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [
+            p
+            for p in pids
+            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
+        if not alive:
+            return []
+        time.sleep(0.2)
+    return alive
+
+
+class WorkerCleanupTest(absltest.TestCase):
+    def _run(self, mode):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        return subprocess.Popen(
+            [sys.executable, "-c", _SCRIPT, mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+
+    def test_normal_exit_and_error_exit_do_not_hang_pipe(self):
+        for mode, expected_rc in (("ok", 0), ("raise", 1)):
+            proc = self._run(mode)
+            # With TFF's stock context this communicate() hangs: the orphaned
+            # worker keeps the pipe open.
+            out, err = proc.communicate(timeout=240)
+            self.assertEqual(proc.returncode, expected_rc, err[-2000:])
+            self.assertIn("mean 3.0", out)
+            self.assertEqual(runtime.find_workers(owner_pid=proc.pid), [])
+
+    def _kill_while_running(self, sig):
+        proc = self._run("hang")
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:
+            if "ready" in line or time.monotonic() > deadline:
+                break
+        workers = runtime.find_workers(owner_pid=proc.pid)
+        self.assertLen(workers, 1)
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        self.assertEqual(_wait_gone(workers), [])
+
+    def test_sigkill_of_parent_ends_worker(self):
+        self._kill_while_running(signal.SIGKILL)
+
+    def test_sigterm_ends_worker(self):
+        self._kill_while_running(signal.SIGTERM)
+
+    def test_ctrl_c_ends_worker(self):
+        self._kill_while_running(signal.SIGINT)
+
+
+if __name__ == "__main__":
+    absltest.main()

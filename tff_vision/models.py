@@ -1,0 +1,518 @@
+"""Keras model builders for federated image classification on MedMNIST.
+
+Every builder returns a fresh, uncompiled `tf.keras` functional model that maps
+float32 images of shape `(H, W, C)` (C in {1, 3}) to logits of shape
+`(batch, num_classes)` (no softmax). Models hold no Python-side state, so
+`build_model` can be used directly inside the `model_fn` passed to
+`tff.learning.models.from_keras_model`.
+
+Models expect inputs that the data pipeline has already scaled/normalized;
+no preprocessing layers are included (except a resize to 32x32 for the Keras
+application backbones on inputs smaller than 32 pixels).
+
+Normalization layers are named with "norm" in their names (e.g.
+"layer1_0_norm1", "block_1_expand_norm") and can be listed with
+`normalization_layer_names`, so that FedBN-style algorithms can keep them
+local.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+
+MODEL_NAMES = ("cnn", "resnet18", "resnet50", "mobilenetv2")
+NORMS = ("group", "batch", "none")
+STEMS = ("auto", "imagenet", "cifar")
+
+_MAX_GROUPS = 32
+# Keras's application backbones refuse inputs smaller than this.
+_MIN_APPLICATION_SIZE = 32
+# Inputs at least this large get the ImageNet stem under stem="auto".
+_IMAGENET_STEM_MIN_SIZE = 128
+# ResNet-18 normalization settings (PyTorch defaults: eps 1e-5, momentum 0.1).
+_RESNET18_EPSILON = 1e-5
+_RESNET18_BN_MOMENTUM = 0.9
+_NORM_LAYER_TYPES = (
+    tf.keras.layers.BatchNormalization,
+    tf.keras.layers.GroupNormalization,
+    tf.keras.layers.LayerNormalization,
+)
+
+
+class ModelError(ValueError):
+    """Raised for an invalid model configuration."""
+
+
+class _SeedStream:
+    """Hands out per-initializer integer seeds derived from one base seed.
+
+    With `seed=None` every initializer is unseeded (nondeterministic).
+    """
+
+    def __init__(self, seed: int | None):
+        self._rng = None if seed is None else np.random.default_rng(seed)
+
+    def next(self) -> int | None:
+        """Returns the next derived seed, or None when unseeded."""
+        if self._rng is None:
+            return None
+        return int(self._rng.integers(0, 2**31 - 1))
+
+
+def num_groups(channels: int, max_groups: int = _MAX_GROUPS) -> int:
+    """Returns the group count used for GroupNormalization.
+
+    Args:
+        channels: Number of channels being normalized.
+        max_groups: Upper bound on the number of groups.
+
+    Returns:
+        `max_groups` if it divides `channels`, else the largest divisor of
+        `channels` that is <= `max_groups`.
+    """
+    for groups in range(min(max_groups, channels), 0, -1):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+def normalization_layer_names(model: tf.keras.Model) -> list[str]:
+    """Lists the names of all normalization layers of `model`.
+
+    Batch, group and layer normalization layers are found by type, descending
+    into nested models. For models built by `build_model` every returned name
+    contains "norm"; the list is empty when built with `norm="none"`.
+
+    Args:
+        model: A Keras model.
+
+    Returns:
+        Layer names in the model's layer order.
+    """
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, _NORM_LAYER_TYPES):
+            names.append(layer.name)
+        elif isinstance(layer, tf.keras.Model):
+            names.extend(normalization_layer_names(layer))
+    return names
+
+
+def count_params(model: tf.keras.Model) -> tuple[int, int]:
+    """Counts the parameters of `model`.
+
+    Args:
+        model: A built Keras model.
+
+    Returns:
+        `(trainable, total)` scalar counts; `total` also includes
+        non-trainable weights such as BatchNormalization moving statistics.
+    """
+
+    def _count(weights: list[tf.Variable]) -> int:
+        unique = {id(w): w for w in weights}
+        return sum(w.shape.num_elements() for w in unique.values())
+
+    return _count(model.trainable_weights), _count(model.weights)
+
+
+def build_model(
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    norm: str = "group",
+    seed: int | None = None,
+    stem: str = "auto",
+    include_top: bool = True,
+) -> tf.keras.Model:
+    """Builds a fresh, uncompiled image classifier.
+
+    Models:
+        * "cnn": small fast CNN (2 x [conv3x3 -> norm -> relu -> maxpool],
+          global average pooling, dense 128 -> relu, dense logits). About
+          28k parameters for 1-channel inputs and 10 classes.
+        * "resnet18": ResNet-18 (BasicBlock [2, 2, 2, 2], widths 64-512,
+          1x1 projection shortcuts), matching torchvision's parameter count.
+          Convolutions followed by normalization have no bias. Uses "same"
+          padding, so stride-2 convs pad asymmetrically (unlike PyTorch);
+          output sizes are identical.
+        * "resnet50": `tf.keras.applications.ResNet50` backbone (weights=None,
+          average pooling) + dense logits.
+        * "mobilenetv2": `tf.keras.applications.MobileNetV2` backbone
+          (alpha 1.0, weights=None, average pooling) + dense logits.
+
+    The application backbones are rebuilt layer by layer (flat, no nested
+    sub-model) so that: their BatchNormalization layers are renamed to contain
+    "norm" (e.g. "conv1_bn" -> "conv1_norm", "bn_Conv1" -> "Conv1_norm");
+    `norm="group"` replaces each BatchNormalization by a GroupNormalization
+    with the same epsilon/initializers; `norm="none"` drops them and turns on
+    the bias of the convolutions that fed them. Inputs with height or width
+    below 32 are first bilinearly resized (layer "resize") to at least 32,
+    which Keras requires. Grey (1-channel) inputs are supported natively.
+
+    Normalization (`norm`):
+        * "group": GroupNormalization with 32 groups, or the largest divisor
+          of the channel count that is <= 32 (see `num_groups`).
+        * "batch": BatchNormalization (ResNet-18: momentum 0.9, eps 1e-5;
+          applications: Keras's own settings).
+        * "none": no normalization layers.
+
+    Determinism: when `seed` is given, every randomly initialized weight gets
+    its own seeded initializer derived from `seed` (no global RNG state is
+    touched), so two calls with the same seed and arguments give identical
+    weights, also when built inside a `tf.function`/TFF graph. With
+    `seed=None` initialization is random.
+
+    Args:
+        name: One of `MODEL_NAMES`.
+        input_shape: `(height, width, channels)` with channels 1 or 3.
+        num_classes: Number of output logits, >= 2.
+        norm: One of `NORMS`.
+        seed: Optional integer seed for weight initialization.
+        stem: ResNet-18 stem, one of `STEMS`. "imagenet" = 7x7 conv stride 2
+            + 3x3 max-pool stride 2; "cifar" = 3x3 conv stride 1, no pool (as
+            MedMNIST's 28px ResNet); "auto" = "imagenet" if
+            min(height, width) >= 128 else "cifar". Other models accept only
+            "auto".
+        include_top: If False, the dense classifier is omitted and the model
+            outputs the globally average-pooled features `(batch, features)`
+            (`num_classes` is still validated but unused).
+
+    Returns:
+        An uncompiled functional `tf.keras.Model` named `name` whose input
+        layer is named "image".
+
+    Raises:
+        ModelError: If any argument is invalid.
+    """
+    if name not in MODEL_NAMES:
+        raise ModelError(
+            f"Unknown model {name!r}; use one of {', '.join(MODEL_NAMES)}."
+        )
+    if norm not in NORMS:
+        raise ModelError(
+            f"Unknown norm {norm!r}; use one of {', '.join(NORMS)}."
+        )
+    if stem not in STEMS:
+        raise ModelError(
+            f"Unknown stem {stem!r}; use one of {', '.join(STEMS)}."
+        )
+    if stem != "auto" and name != "resnet18":
+        raise ModelError(
+            f"stem={stem!r} only applies to resnet18; use stem='auto' for "
+            f"{name!r}."
+        )
+    input_shape = _validate_input_shape(input_shape)
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, (int, np.integer))
+        or num_classes < 2
+    ):
+        raise ModelError(
+            f"num_classes must be an integer >= 2, got {num_classes!r}; use "
+            "2 for binary tasks."
+        )
+
+    seeds = _SeedStream(seed)
+    inputs = tf.keras.Input(shape=input_shape, dtype=tf.float32, name="image")
+    if name == "cnn":
+        features = _cnn_features(inputs, norm, seeds)
+    elif name == "resnet18":
+        if stem == "auto":
+            stem = (
+                "imagenet"
+                if min(input_shape[:2]) >= _IMAGENET_STEM_MIN_SIZE
+                else "cifar"
+            )
+        features = _resnet18_features(inputs, norm, stem, seeds)
+    else:
+        features = _application_features(name, inputs, norm, seeds)
+
+    outputs = features
+    if include_top:
+        outputs = tf.keras.layers.Dense(
+            int(num_classes),
+            kernel_initializer=tf.keras.initializers.GlorotUniform(
+                seed=seeds.next()
+            ),
+            name="logits",
+        )(features)
+    return tf.keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def _validate_input_shape(input_shape: Any) -> tuple[int, int, int]:
+    """Checks `input_shape` is (H, W, C) with positive sizes and C in {1, 3}."""
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        raise ModelError(
+            f"input_shape must be (height, width, channels), got "
+            f"{input_shape!r}; e.g. use (28, 28, 1)."
+        ) from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise ModelError(
+            f"input_shape must be 3 positive ints (height, width, channels), "
+            f"got {input_shape!r}; e.g. use (28, 28, 1)."
+        )
+    if shape[2] not in (1, 3):
+        raise ModelError(
+            f"input channels must be 1 (grey) or 3 (RGB), got {shape[2]}; "
+            "convert images to grey or RGB."
+        )
+    return shape
+
+
+def _conv_initializer(seeds: _SeedStream) -> tf.keras.initializers.Initializer:
+    """He-normal (fan_out) init as torchvision's ResNet; fresh per layer."""
+    return tf.keras.initializers.VarianceScaling(
+        scale=2.0,
+        mode="fan_out",
+        distribution="untruncated_normal",
+        seed=seeds.next(),
+    )
+
+
+def _norm_layer(
+    norm: str,
+    channels: int,
+    name: str,
+    epsilon: float = _RESNET18_EPSILON,
+) -> tf.keras.layers.Layer | None:
+    """Returns the normalization layer for `norm`, or None for "none"."""
+    if norm == "group":
+        return tf.keras.layers.GroupNormalization(
+            groups=num_groups(channels), epsilon=epsilon, name=name
+        )
+    if norm == "batch":
+        return tf.keras.layers.BatchNormalization(
+            momentum=_RESNET18_BN_MOMENTUM, epsilon=epsilon, name=name
+        )
+    return None
+
+
+def _conv_norm(
+    x: tf.Tensor,
+    filters: int,
+    kernel_size: int,
+    strides: int,
+    norm: str,
+    seeds: _SeedStream,
+    conv_name: str,
+    norm_name: str,
+) -> tf.Tensor:
+    """Conv2D ("same", bias only without norm) followed by optional norm."""
+    x = tf.keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=(norm == "none"),
+        kernel_initializer=_conv_initializer(seeds),
+        name=conv_name,
+    )(x)
+    layer = _norm_layer(norm, filters, norm_name)
+    return x if layer is None else layer(x)
+
+
+def _cnn_features(
+    inputs: tf.Tensor, norm: str, seeds: _SeedStream
+) -> tf.Tensor:
+    """Small CNN trunk: 2 conv/pool blocks, GAP, dense 128."""
+    x = inputs
+    for i, filters in enumerate((32, 64), start=1):
+        x = _conv_norm(
+            x, filters, 3, 1, norm, seeds, f"conv{i}", f"norm{i}"
+        )
+        x = tf.keras.layers.ReLU(name=f"relu{i}")(x)
+        x = tf.keras.layers.MaxPooling2D(2, padding="same", name=f"pool{i}")(x)
+    x = tf.keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
+    return tf.keras.layers.Dense(
+        128,
+        activation="relu",
+        kernel_initializer=tf.keras.initializers.GlorotUniform(
+            seed=seeds.next()
+        ),
+        name="fc1",
+    )(x)
+
+
+def _basic_block(
+    x: tf.Tensor,
+    filters: int,
+    strides: int,
+    norm: str,
+    seeds: _SeedStream,
+    prefix: str,
+) -> tf.Tensor:
+    """ResNet BasicBlock with a projection shortcut when the shape changes."""
+    shortcut = x
+    y = _conv_norm(
+        x, filters, 3, strides, norm, seeds,
+        f"{prefix}_conv1", f"{prefix}_norm1",
+    )
+    y = tf.keras.layers.ReLU(name=f"{prefix}_relu1")(y)
+    y = _conv_norm(
+        y, filters, 3, 1, norm, seeds, f"{prefix}_conv2", f"{prefix}_norm2"
+    )
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _conv_norm(
+            x, filters, 1, strides, norm, seeds,
+            f"{prefix}_downsample_conv", f"{prefix}_downsample_norm",
+        )
+    y = tf.keras.layers.Add(name=f"{prefix}_add")([y, shortcut])
+    return tf.keras.layers.ReLU(name=f"{prefix}_relu2")(y)
+
+
+def _resnet18_features(
+    inputs: tf.Tensor, norm: str, stem: str, seeds: _SeedStream
+) -> tf.Tensor:
+    """ResNet-18 trunk up to global average pooling."""
+    if stem == "imagenet":
+        x = _conv_norm(inputs, 64, 7, 2, norm, seeds, "conv1", "norm1")
+        x = tf.keras.layers.ReLU(name="relu1")(x)
+        x = tf.keras.layers.MaxPooling2D(
+            3, strides=2, padding="same", name="maxpool"
+        )(x)
+    else:
+        x = _conv_norm(inputs, 64, 3, 1, norm, seeds, "conv1", "norm1")
+        x = tf.keras.layers.ReLU(name="relu1")(x)
+    for stage, filters in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            strides = 2 if (stage > 1 and block == 0) else 1
+            x = _basic_block(
+                x, filters, strides, norm, seeds, f"layer{stage}_{block}"
+            )
+    return tf.keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
+
+
+def _application_features(
+    name: str, inputs: tf.Tensor, norm: str, seeds: _SeedStream
+) -> tf.Tensor:
+    """Keras application backbone replayed onto `inputs` (see build_model)."""
+    height, width, channels = inputs.shape[1:]
+    x = inputs
+    if min(height, width) < _MIN_APPLICATION_SIZE:
+        height = max(height, _MIN_APPLICATION_SIZE)
+        width = max(width, _MIN_APPLICATION_SIZE)
+        x = tf.keras.layers.Resizing(
+            height, width, interpolation="bilinear", name="resize"
+        )(x)
+    constructor: Callable[..., tf.keras.Model] = (
+        tf.keras.applications.ResNet50
+        if name == "resnet50"
+        else tf.keras.applications.MobileNetV2
+    )
+    template = constructor(
+        weights=None,
+        include_top=False,
+        input_shape=(height, width, channels),
+        pooling="avg",
+    )
+    return _replay(template, x, norm, seeds)
+
+
+def _renamed_norm(name: str) -> str:
+    """Maps a Keras BN layer name to one containing "norm"."""
+    lower = name.lower()
+    if lower.endswith("_bn"):
+        base = name[:-3]
+    elif lower.startswith("bn_"):
+        base = name[3:]
+    else:
+        base = name
+    return f"{base}_norm"
+
+
+def _seeded(config: dict[str, Any], seeds: _SeedStream) -> dict[str, Any]:
+    """Gives every random initializer in a layer config its own seed."""
+    config = dict(config)
+    for key, value in config.items():
+        if (
+            key.endswith("_initializer")
+            and isinstance(value, dict)
+            and "seed" in value.get("config", {})
+        ):
+            value = dict(value)
+            value["config"] = dict(value["config"], seed=seeds.next())
+            config[key] = value
+    return config
+
+
+def _replay(
+    template: tf.keras.Model,
+    inputs: tf.Tensor,
+    norm: str,
+    seeds: _SeedStream,
+) -> tf.Tensor:
+    """Re-creates `template`'s layers (fresh weights) on top of `inputs`.
+
+    BatchNormalization layers are renamed, replaced by GroupNormalization
+    (norm="group") or dropped (norm="none", enabling the bias of the layers
+    that fed them).
+
+    Args:
+        template: A functional single-input, single-output Keras model whose
+            layers are each called once.
+        inputs: Symbolic tensor to feed in place of the template's input.
+        norm: One of `NORMS`.
+        seeds: Seed stream for the new layers' initializers.
+
+    Returns:
+        The symbolic output tensor.
+    """
+    config = template.get_config()
+    layer_configs = config["layers"]
+    bn_class = tf.keras.layers.BatchNormalization
+    fed_norm = set()
+    for layer_config in layer_configs:
+        if layer_config["class_name"] == "BatchNormalization":
+            for node in layer_config["inbound_nodes"]:
+                fed_norm.update(inbound[0] for inbound in node)
+
+    outputs: dict[str, tf.Tensor] = {}
+    for layer_config in layer_configs:
+        name = layer_config["name"]
+        nodes = layer_config["inbound_nodes"]
+        if not nodes:  # Input layer.
+            outputs[name] = inputs
+            continue
+        if len(nodes) != 1:
+            raise ModelError(
+                f"Cannot rebuild shared layer {name!r} of {template.name}; "
+                "use norm='batch' or another model."
+            )
+        args = [outputs[inbound[0]] for inbound in nodes[0]]
+        call_input = args[0] if len(args) == 1 else args
+        layer = template.get_layer(name)
+        layer_cfg = _seeded(layer_config["config"], seeds)
+        if isinstance(layer, bn_class):
+            if norm == "none":
+                outputs[name] = call_input
+                continue
+            new_name = _renamed_norm(name)
+            if norm == "group":
+                new_layer = tf.keras.layers.GroupNormalization(
+                    groups=num_groups(int(call_input.shape[-1])),
+                    epsilon=layer_cfg["epsilon"],
+                    center=layer_cfg["center"],
+                    scale=layer_cfg["scale"],
+                    beta_initializer=layer_cfg["beta_initializer"],
+                    gamma_initializer=layer_cfg["gamma_initializer"],
+                    beta_regularizer=layer_cfg["beta_regularizer"],
+                    gamma_regularizer=layer_cfg["gamma_regularizer"],
+                    name=new_name,
+                )
+            else:
+                new_layer = bn_class.from_config(
+                    dict(layer_cfg, name=new_name)
+                )
+        else:
+            if norm == "none" and name in fed_norm and "use_bias" in layer_cfg:
+                layer_cfg["use_bias"] = True
+            new_layer = type(layer).from_config(layer_cfg)
+        outputs[name] = new_layer(call_input, **nodes[0][0][3])
+    (output_name, _, _), = config["output_layers"]
+    return outputs[output_name]
