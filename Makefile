@@ -1,4 +1,5 @@
 # tff-vision: entry points; each creates its own environment (.venv/) from nothing.
+#   make demo   - the demo experiment (RetinaMNIST, 3 label-excluding hospitals, FedAvg + baselines)
 #   make test   - the whole test suite
 # Everything installs into .venv/ from the fully pinned requirements.lock (TFF itself --no-deps:
 # its declared jax==0.4.14 pin is unsatisfiable, the lock holds a working set instead).
@@ -8,8 +9,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Real MedMNIST files: ../shared/medmnist when present (this project's CI), else data/.
+DATA_DIR ?= $(if $(wildcard ../shared/medmnist/retinamnist.npz),../shared/medmnist,data)
+DEMO_ARGS ?=
 
-.PHONY: test env clean-env
+.PHONY: demo test env clean-env
 
 env: $(STAMP)
 
@@ -18,6 +22,9 @@ $(STAMP): requirements.lock setup.cfg
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
 	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.run --flagfile=experiments/configs/demo.cfg --data_dir=$(DATA_DIR) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

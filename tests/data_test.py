@@ -42,6 +42,11 @@ class LoadTest(parameterized.TestCase):
         self.assertEqual(ds.class_names, ("malignant", "normal, benign"))
         self.assertEqual(ds.task, "binary-class")
 
+    def test_size_none_is_28(self):
+        _require("breastmnist.npz")
+        ds = data.load("breastmnist", None, data_dir=str(SHARED), allow_download=False)
+        self.assertEqual((ds.size, ds.input_shape), (28, (28, 28, 1)))
+
     def test_data_dir_env(self):
         _require("retinamnist.npz")
         with tempfile.TemporaryDirectory() as tmp:

@@ -134,10 +134,11 @@ class ResNet18Test(parameterized.TestCase):
         self.assertEqual(total - trainable, 2 * 4800)
 
     @parameterized.parameters(
-        ((28, 28, 3), "auto", (None, 28, 28, 64)),
+        ((28, 28, 3), "auto", (None, 14, 14, 64)),
         ((28, 28, 3), "imagenet", (None, 7, 7, 64)),
+        ((28, 28, 3), "small", (None, 14, 14, 64)),
         ((128, 200, 1), "auto", (None, 32, 50, 64)),
-        ((224, 127, 3), "auto", (None, 224, 127, 64)),
+        ((224, 127, 3), "auto", (None, 112, 64, 64)),
         ((224, 224, 3), "cifar", (None, 224, 224, 64)),
     )
     def test_stem(self, input_shape, stem, layer1_shape):
@@ -148,7 +149,8 @@ class ResNet18Test(parameterized.TestCase):
             model.get_layer("layer1_0_relu2").output_shape, layer1_shape
         )
         has_maxpool = "maxpool" in [layer.name for layer in model.layers]
-        self.assertEqual(has_maxpool, layer1_shape[1] < input_shape[0])
+        # Only the imagenet stem (stride 2 conv + stride 2 pool) has a pool.
+        self.assertEqual(has_maxpool, layer1_shape[1] * 4 == input_shape[0])
 
     def test_layer_names(self):
         model = models.build_model("resnet18", (28, 28, 3), 2, norm="batch")

@@ -1,4 +1,4 @@
-"""Loads, verifies and downloads MedMNIST datasets.
+"""Loads, verifies and downloads MedMNIST and TensorFlow Datasets (TFDS) image sets.
 
 Files are the official MedMNIST `.npz` archives (`retinamnist.npz`,
 `retinamnist_64.npz`, ...). Their URLs, md5 sums, class names, task types and
@@ -8,6 +8,10 @@ used from `medmnist` (its dataset classes need PyTorch).
 The data directory is, in order: the explicit `data_dir` argument (the
 runners' `--data_dir`), the environment variable `TFF_VISION_DATA_DIR`, or
 `data/` at the project root.
+
+`tfds:NAME` (e.g. `tfds:cifar10`, `tfds:mnist`, `tfds:NAME/CONFIG:VERSION`) loads an image
+classification set through `tensorflow_datasets` instead; its files live in `<data dir>/tfds`
+(see `load_tfds`). Every split is read fully into memory as numpy arrays, as for MedMNIST.
 """
 
 import contextlib
@@ -24,6 +28,11 @@ import numpy as np
 DATA_DIR_ENV = "TFF_VISION_DATA_DIR"
 DEFAULT_DATA_DIR = pathlib.Path(__file__).resolve().parent.parent / "data"
 SIZES = (28, 64, 128, 224)
+TFDS_PREFIX = "tfds:"
+TFDS_SUBDIR = "tfds"
+TFDS_SIZE_RANGE = (8, 512)
+TFDS_VAL_FRACTION = 0.1
+TFDS_VAL_MAX = 5000
 _SPLITS = ("train", "val", "test")
 _SUPPORTED_TASKS = ("multi-class", "binary-class", "ordinal-regression")
 
@@ -79,7 +88,11 @@ def medmnist_info() -> dict:
 
 
 def available_datasets() -> list[str]:
-    """Names of the 2D multi-class MedMNIST datasets this package can load."""
+    """Names of the 2D multi-class MedMNIST datasets this package can load.
+
+    Any TFDS image classification set also loads as `tfds:NAME` (e.g. `tfds:cifar10`); those
+    names are not listed here (see `tfds.list_builders()`).
+    """
     return sorted(
         name
         for name, info in medmnist_info().items()
@@ -87,8 +100,20 @@ def available_datasets() -> list[str]:
     )
 
 
+def is_tfds(name: str) -> bool:
+    """Whether `name` selects a TFDS dataset (`tfds:NAME`)."""
+    return name.lower().startswith(TFDS_PREFIX)
+
+
 def dataset_info(name: str) -> dict:
-    """Returns the INFO entry of a 2D MedMNIST dataset, or raises DataError."""
+    """Returns the INFO entry of a 2D MedMNIST dataset, or raises DataError.
+
+    For `tfds:NAME` it returns a dict in the same layout built from the TFDS metadata
+    (`label`, `task`, `n_channels`, `n_samples` of the TFDS splits, `source`); nothing is
+    downloaded. Class names may be placeholders ('0', '1', ...) until the set is prepared.
+    """
+    if is_tfds(name):
+        return _tfds_dataset_info(name)
     info = medmnist_info()
     key = name.lower()
     if key not in info:
@@ -201,15 +226,21 @@ def locate(
 
 
 def load(
-    name: str, size: int = 28, data_dir: Optional[str] = None, allow_download: bool = True
+    name: str,
+    size: Optional[int] = 28,
+    data_dir: Optional[str] = None,
+    allow_download: bool = True,
 ) -> ImageDataset:
-    """Loads a 2D MedMNIST dataset with md5 verification.
+    """Loads a 2D MedMNIST dataset with md5 verification, or a TFDS set (`tfds:NAME`).
 
     Args:
-      name: dataset name, e.g. 'retinamnist', 'breastmnist', 'octmnist'.
-      size: image side, one of 28, 64, 128, 224.
-      data_dir: folder holding the `.npz` files (see module docstring).
-      allow_download: download from Zenodo when the file is missing.
+      name: dataset name, e.g. 'retinamnist', 'breastmnist', 'octmnist', or
+        'tfds:NAME' such as 'tfds:cifar10' (see `load_tfds`).
+      size: image side. MedMNIST: one of 28, 64, 128, 224 (None: 28). TFDS: None for the
+        native size, else resize to `size x size` (8..512).
+      data_dir: folder holding the `.npz` files (see module docstring); TFDS sets live in
+        its `tfds/` subfolder.
+      allow_download: download from Zenodo (TFDS: download and prepare) when missing.
 
     Returns:
       An `ImageDataset` with uint8 images of shape `(N, size, size, C)` and
@@ -218,6 +249,10 @@ def load(
     Raises:
       DataError: unknown dataset, missing/corrupt/mismatched file.
     """
+    if is_tfds(name):
+        return load_tfds(name, size, data_dir, allow_download)
+    if size is None:
+        size = 28
     info = dataset_info(name)
     path = locate(name, size, data_dir, allow_download)
     try:
@@ -254,4 +289,259 @@ def load(
         class_names=class_names,
         source=str(path),
         **splits,
+    )
+
+
+# TensorFlow Datasets (`tfds:NAME`).
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _tfds_name(name: str) -> str:
+    tfds_name = name[len(TFDS_PREFIX) :].strip()
+    if not tfds_name:
+        raise DataError(f"empty TFDS dataset name in {name!r}; pass e.g. --dataset=tfds:cifar10")
+    return tfds_name
+
+
+def tfds_data_dir(data_dir: Optional[str] = None) -> pathlib.Path:
+    """The TFDS data directory: `<resolve_data_dir(data_dir)>/tfds`."""
+    return resolve_data_dir(data_dir) / TFDS_SUBDIR
+
+
+def _import_tfds():
+    try:
+        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+        raise DataError(
+            f"cannot import tensorflow_datasets ({e}); install the project environment with "
+            "`make env`"
+        ) from e
+    return tfds
+
+
+def _tfds_builder(name: str, data_dir: Optional[str]):
+    """Returns `(tfds module, builder, TFDS data dir)` for `tfds:NAME`, or raises DataError."""
+    tfds = _import_tfds()
+    tfds_name = _tfds_name(name)
+    root = tfds_data_dir(data_dir)
+    try:
+        builder = tfds.builder(tfds_name, data_dir=str(root))
+    except tfds.core.DatasetNotFoundError as e:
+        raise DataError(
+            f"unknown TFDS dataset {tfds_name!r}; see tfds.list_builders() for the names"
+        ) from e
+    except Exception as e:  # pylint: disable=broad-except
+        raise DataError(
+            f"cannot open TFDS dataset {tfds_name!r} ({_first_line(e)}); check the name, "
+            "config and version (NAME[/CONFIG][:VERSION], see tfds.list_builders())"
+        ) from e
+    return tfds, builder, root
+
+
+def _tfds_keys(tfds, builder, name: str) -> tuple[str, str, bool]:
+    """`(image key, label key, as_supervised)` of an image classification set.
+
+    The dataset's `supervised_keys` are used when they name an `Image` and a `ClassLabel`
+    feature; otherwise the features `image` and `label`.
+    """
+    features = builder.info.features
+    names = list(features.keys()) if hasattr(features, "keys") else []
+    candidates = []
+    keys = builder.info.supervised_keys
+    if isinstance(keys, (tuple, list)) and len(keys) == 2 and all(isinstance(k, str) for k in keys):
+        candidates.append((keys[0], keys[1], True))
+    candidates.append(("image", "label", False))
+    for image_key, label_key, supervised in candidates:
+        if (
+            image_key in names
+            and label_key in names
+            and isinstance(features[image_key], tfds.features.Image)
+            and isinstance(features[label_key], tfds.features.ClassLabel)
+        ):
+            dtype = np.dtype(features[image_key].np_dtype)
+            if dtype != np.uint8:
+                raise DataError(
+                    f"{name} has {dtype} images; only uint8 images are supported, pick another "
+                    "TFDS dataset"
+                )
+            return image_key, label_key, supervised
+    raise DataError(
+        f"{name} is not an image classification set (needs an Image feature 'image' and a "
+        f"ClassLabel feature 'label'; it has: {', '.join(names) or 'none'}); pick another "
+        "TFDS dataset"
+    )
+
+
+def _tfds_size(name: str, size: Optional[int], shape: tuple) -> tuple[int, bool]:
+    """`(image side, whether to resize)` for the native image `shape` `(H, W, C)`."""
+    height, width = shape[0], shape[1]
+    if size is None:
+        if height is None or width is None or height != width:
+            raise DataError(
+                f"{name} images are not of one square size ({height}x{width}); pass a size, "
+                "e.g. --size=64"
+            )
+        return int(height), False
+    low, high = TFDS_SIZE_RANGE
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not low <= size <= high:
+        raise DataError(
+            f"unsupported image size {size} for {name}; TFDS sets take {low}..{high} "
+            "(or None for the native size)"
+        )
+    return int(size), (height != size or width != size)
+
+
+def _tfds_dataset_info(name: str) -> dict:
+    tfds, builder, _ = _tfds_builder(name, None)
+    image_key, label_key, _ = _tfds_keys(tfds, builder, name)
+    features = builder.info.features
+    class_names = features[label_key].names
+    shape = features[image_key].shape
+    return {
+        "label": {str(i): n for i, n in enumerate(class_names)},
+        "task": "binary-class" if len(class_names) == 2 else "multi-class",
+        "n_channels": shape[-1],
+        "n_samples": {s: info.num_examples for s, info in builder.info.splits.items()},
+        "native_size": shape[0] if shape[0] == shape[1] else None,
+        "source": "tfds",
+    }
+
+
+def _read_tfds_split(tfds, builder, split: str, keys: tuple, size: int, resize: bool) -> Split:
+    """Reads one TFDS split fully into memory as uint8 `(N, size, size, C)` and int64 labels."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    image_key, label_key, supervised = keys
+    ds = builder.as_dataset(split=split, as_supervised=supervised, shuffle_files=False)
+    if not supervised:
+        ds = ds.map(lambda ex: (ex[image_key], ex[label_key]))
+
+    def convert(image, label):
+        if len(image.shape) == 2:
+            image = image[..., tf.newaxis]
+        if resize:
+            image = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+        return image, label
+
+    ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
+    images, labels = [], []
+    for batch_images, batch_labels in tfds.as_numpy(ds):
+        images.append(batch_images)
+        labels.append(batch_labels)
+    channels = builder.info.features[image_key].shape[-1] or 1
+    if not images:
+        return Split(np.zeros((0, size, size, channels), np.uint8), np.zeros((0,), np.int64))
+    return Split(
+        images=np.concatenate(images).astype(np.uint8, copy=False),
+        labels=np.concatenate(labels).reshape(-1).astype(np.int64),
+    )
+
+
+def load_tfds(
+    name: str,
+    size: Optional[int] = None,
+    data_dir: Optional[str] = None,
+    allow_download: bool = True,
+) -> ImageDataset:
+    """Loads a TFDS image classification set, `tfds:NAME`, as an `ImageDataset`.
+
+    `NAME` is anything `tfds.builder` takes (`cifar10`, `mnist`, `NAME/CONFIG:VERSION`). The
+    TFDS data directory is `<data dir>/tfds`, the data dir resolved as for MedMNIST
+    (`data_dir`, else `$TFF_VISION_DATA_DIR`, else `data/`). An unprepared set is downloaded
+    and prepared there when `allow_download`; to work offline, run
+    `tfds build NAME --data_dir=<data dir>/tfds` on a machine with network and copy the folder.
+
+    Images come from the `supervised_keys` when they name an `Image` and a `ClassLabel`
+    feature, else from the features `image` and `label`; class names are the `ClassLabel`
+    names (recorded when the set is prepared). Grey images keep a channel dimension of 1.
+
+    Splits: TFDS `train` and `test`; `val` is TFDS `validation` when the set has one, else the
+    last 10% (at most 5000) of TFDS `train` in its stored order, which is deterministic, and
+    `train` is the rest. Metadata without split information (e.g. `tfds.testing.mock_data`
+    without metadata files) is read as `train` and `test`.
+
+    All splits are read fully into memory as numpy arrays (as for MedMNIST).
+
+    Args:
+      name: `tfds:NAME`.
+      size: None for the native size (square images only); else resize to `size x size`
+        (8..512) with bilinear, antialiased `tf.image.resize`, rounded and clipped to uint8.
+        A size equal to the native one reads the images unchanged.
+      data_dir: data directory; TFDS files live in its `tfds/` subfolder.
+      allow_download: run `download_and_prepare` when the set is not prepared.
+
+    Returns:
+      An `ImageDataset` named `tfds:NAME` with task 'multi-class' ('binary-class' for two
+      classes) and `source` the prepared dataset folder.
+
+    Raises:
+      DataError: unknown name, not an image classification set, bad size, not prepared and
+        download disabled or failed, missing splits or unreadable files.
+    """
+    tfds, builder, root = _tfds_builder(name, data_dir)
+    tfds_name = _tfds_name(name)
+    label = f"{TFDS_PREFIX}{tfds_name}"
+    keys = _tfds_keys(tfds, builder, label)
+    side, resize = _tfds_size(label, size, builder.info.features[keys[0]].shape)
+    offline_fix = (
+        f"run `tfds build {tfds_name} --data_dir={root}` on a machine with network and copy "
+        f"{root / builder.name} here, or pass --data_dir (or set ${DATA_DIR_ENV}) to the folder "
+        f"whose {TFDS_SUBDIR}/ holds it"
+    )
+    if not builder.is_prepared():
+        if not allow_download:
+            raise DataError(f"TFDS dataset {tfds_name!r} is not prepared in {root}; {offline_fix}")
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # pylint: disable=broad-except
+            raise DataError(
+                f"TFDS dataset {tfds_name!r} is not prepared in {root} and download failed "
+                f"({_first_line(e)}); {offline_fix}"
+            ) from e
+    available = list(builder.info.splits.keys()) or ["train", "test"]
+    missing = [s for s in ("train", "test") if s not in available]
+    if missing:
+        raise DataError(
+            f"{label} has splits {', '.join(available)} but no {' and '.join(missing)}; pick a "
+            "TFDS dataset with 'train' and 'test' splits"
+        )
+    try:
+        splits = {
+            split: _read_tfds_split(tfds, builder, split, keys, side, resize)
+            for split in ("train", "test") + (("validation",) if "validation" in available else ())
+        }
+    except DataError:
+        raise
+    except Exception as e:  # pylint: disable=broad-except
+        raise DataError(
+            f"cannot read {label} from {builder.data_dir} ({_first_line(e)}); delete that "
+            "folder and prepare the dataset again"
+        ) from e
+    train = splits["train"]
+    val = splits.get("validation")
+    if val is None:
+        n = len(train)
+        n_val = min(TFDS_VAL_MAX, int(n * TFDS_VAL_FRACTION))
+        if n >= 2:
+            n_val = max(1, n_val)
+        cut = n - n_val
+        train, val = (
+            Split(train.images[:cut], train.labels[:cut]),
+            Split(train.images[cut:], train.labels[cut:]),
+        )
+    class_names = tuple(builder.info.features[keys[1]].names)
+    return ImageDataset(
+        name=label,
+        size=side,
+        task="binary-class" if len(class_names) == 2 else "multi-class",
+        class_names=class_names,
+        train=train,
+        val=val,
+        test=splits["test"],
+        source=str(builder.data_dir),
     )

@@ -1,0 +1,134 @@
+"""Measures FedAvg overhead, memory growth, client scaling and multi-worker execution.
+
+Prints one table (suite, setting, data, values, ratio, target, met) and, with
+--output, writes it with the raw timings as JSON. See `tff_vision/benchmark.py`
+for what each suite measures. Timings are only meaningful on an otherwise
+idle machine; the JSON records the load averages before and after.
+
+Examples:
+
+  python -m experiments.benchmark --quick --data_dir=../shared/medmnist \\
+      --output=/tmp/bench.json
+  python -m experiments.benchmark --suites=overhead --models=cnn --clients=3,10
+  python -m experiments.benchmark --suites=workers --workers=2,3,4
+
+Exit status: 0 done (targets met or not), 2 bad input (one-line error),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from absl import app, flags, logging
+
+from experiments.cli import fail, parse_flags
+from tff_vision import runtime
+
+runtime.quiet_tensorflow()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from tff_vision import benchmark, models
+from tff_vision import data as data_lib
+
+flags.DEFINE_list("suites", list(benchmark.SUITES), "Suites to run, in order.")
+flags.DEFINE_boolean("quick", False, "Reduced version (< 10 min on 2 idle cores).")
+flags.DEFINE_string("output", None, "Write the table and raw timings to this JSON file.")
+flags.DEFINE_string(
+    "data_dir",
+    None,
+    f"Directory with the .npz files. Default: ${data_lib.DATA_DIR_ENV}, else data/.",
+)
+flags.DEFINE_string("dataset", "retinamnist", "MedMNIST dataset of the real-data suites.")
+flags.DEFINE_boolean("download", False, "Download the dataset when it is missing.")
+flags.DEFINE_list("models", None, "Models of the overhead suite (default: cnn,resnet18).")
+flags.DEFINE_list("clients", None, "Client counts of the overhead suite (default: 3,10).")
+flags.DEFINE_integer("rounds", None, "Rounds per overhead setting (default 6, quick 3).")
+flags.DEFINE_list("workers", None, "Worker counts of the workers suite (default 2,3,4; quick 2).")
+flags.DEFINE_integer("batch_size", 32, "Batch size of clients and the Keras baseline.")
+flags.DEFINE_integer(
+    "max_concurrent_calls", -1, "--max_concurrent_computation_calls of the TFF workers."
+)
+flags.DEFINE_integer(
+    "worker_threads", None, "TF_NUM_INTRA/INTEROP_THREADS of the TFF workers (default: TF's)."
+)
+
+FLAGS = flags.FLAGS
+
+
+def _ints(name: str, values: list[str]) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        fail(f"--{name} takes comma-separated integers, got {','.join(values)!r}")
+    return ()  # Unreachable.
+
+
+def config_from_flags() -> benchmark.BenchmarkConfig:
+    """The `BenchmarkConfig` the flags ask for."""
+    overrides = dict(
+        suites=tuple(FLAGS.suites),
+        dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        allow_download=FLAGS.download,
+        batch_size=FLAGS.batch_size,
+        max_concurrent_computation_calls=FLAGS.max_concurrent_calls,
+        worker_threads=FLAGS.worker_threads,
+    )
+    if FLAGS.models:
+        unknown = [m for m in FLAGS.models if m not in models.MODEL_NAMES]
+        if unknown:
+            fail(f"unknown model(s) {unknown}; use some of {', '.join(models.MODEL_NAMES)}")
+        overrides["overhead_models"] = tuple(FLAGS.models)
+    if FLAGS.clients:
+        overrides["overhead_clients"] = _ints("clients", FLAGS.clients)
+    if FLAGS.rounds is not None:
+        overrides["overhead_rounds"] = FLAGS.rounds
+    if FLAGS.workers:
+        counts = _ints("workers", FLAGS.workers)
+        overrides["workers_counts"] = counts
+    preset = benchmark.BenchmarkConfig.quick if FLAGS.quick else benchmark.BenchmarkConfig.full
+    config = preset(**overrides)
+    if config.workers_counts and max(config.workers_counts) > config.workers_clients:
+        config = dataclasses.replace(config, workers_clients=max(config.workers_counts))
+    try:
+        config.validate()
+    except ValueError as e:
+        fail(str(e))
+    return config
+
+
+def main(argv: list[str]) -> None:
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+    config = config_from_flags()
+    try:
+        result = benchmark.run(config, printer=lambda line: print(line, flush=True))
+    except data_lib.DataError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        runtime.shutdown()
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    finally:
+        runtime.shutdown()
+    meta = result.meta
+    print(
+        f"\n{meta['devices']}, load average {meta['load_average_start']} -> "
+        f"{meta['load_average_end']}, {meta['seconds']:.0f}s"
+    )
+    print(result.table(), flush=True)
+    if FLAGS.output:
+        result.write_json(FLAGS.output)
+        print(f"wrote {FLAGS.output}")
+
+
+def entry_point() -> None:
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,157 @@
+"""Runs a grid of federated experiments: partitions x algorithms x models x seeds.
+
+Every cell is one `python -m experiments.run` subprocess writing into
+<sweep_dir>/cells/<cell name>/ (its stdout/stderr in log.txt there); progress,
+one line per cell, and a summary come here. See `tff_vision/sweep.py` for the
+design (status of a cell, sweep.json, resume, grid changes, Ctrl-C).
+
+Example:
+
+  python -m experiments.sweep --sweep_dir=/tmp/s1 \\
+      --partitions=iid,label_exclusion,classes:2,dirichlet:0.1,dirichlet:0.5 \\
+      --algorithms=fedavg --models=cnn --seeds=0,1 \\
+      --dataset=retinamnist --data_dir=../shared/medmnist --rounds=3 --num_clients=3
+  python -m experiments.report --sweep_dir=/tmp/s1
+
+Every `experiments.run` flag given here (all but --partition, --algorithm,
+--model, --seed and --output_dir, which the sweep sets per cell) is passed
+to every cell. Rerunning the same command skips done cells and resumes the
+others; a rerun may add cells (new partitions, seeds, ...), but must keep the
+other flags.
+
+Exit status: 0 all cells done, 1 some cell failed (the others still ran),
+2 bad sweep flags (one-line error, nothing run), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+
+from absl import app, flags
+
+from experiments import run as run_flags  # Defines every experiments.run flag, forwarded below.
+from experiments.cli import fail, parse_flags
+from tff_vision import sweep
+
+flags.DEFINE_string("sweep_dir", None, "Directory of the sweep (sweep.json, cells/); required.")
+flags.DEFINE_list(
+    "partitions",
+    None,
+    "Comma-separated partition specs, e.g. iid,label_exclusion,classes:2,dirichlet:0.1 "
+    "(label_exclusion uses --exclude if given, else client i lacks class i).",
+)
+flags.DEFINE_list(
+    "algorithms", ["fedavg"], "Comma-separated federated algorithms (as --algorithm takes)."
+)
+flags.DEFINE_list(
+    "models", None, "Comma-separated models (as --model takes). Default: --model's default."
+)
+flags.DEFINE_list("seeds", ["0"], "Comma-separated seeds, e.g. 0,1,2.")
+flags.DEFINE_boolean("dry_run", False, "Print the cells and their status; run nothing.")
+flags.DEFINE_integer(
+    "max_parallel", 1, "Cells run at once (for GPU machines; 1 on CPU).", lower_bound=1
+)
+
+FLAGS = flags.FLAGS
+
+
+def _flag_text(flag: flags.Flag) -> str:
+    """The value of a flag as it would be written after `--name=`."""
+    text = flag.serialize()
+    prefix = f"--{flag.name}="
+    if text.startswith(prefix):
+        return text[len(prefix) :]
+    return "false" if text == f"--no{flag.name}" else "true"
+
+
+def forwarded_flags() -> dict[str, str]:
+    """Every experiments.run flag set on the command line, except the swept ones.
+
+    Raises:
+        sweep.SweepError: If a swept flag (--partition, ...) was given.
+    """
+    fixed = {}
+    for flag in FLAGS.flags_by_module_dict().get(run_flags.__name__, []):
+        if not flag.present:
+            continue
+        if flag.name in sweep.SWEPT_FLAGS:
+            fix = "--sweep_dir" if flag.name == "output_dir" else f"--{flag.name}s"
+            raise sweep.SweepError(f"--{flag.name} is set per cell by the sweep; use {fix} instead")
+        if flag.value is not None:
+            fixed[flag.name] = _flag_text(flag)
+    return dict(sorted(fixed.items()))
+
+
+def main(argv: list[str]) -> None:
+    start = time.monotonic()
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+    if not FLAGS.sweep_dir:
+        fail("--sweep_dir is required; pass e.g. --sweep_dir=runs/sweep1")
+    if not FLAGS.partitions:
+        fail("--partitions is required; pass e.g. --partitions=iid,dirichlet:0.5")
+    sweep_dir = pathlib.Path(FLAGS.sweep_dir).expanduser().resolve()
+    models = FLAGS.models or [FLAGS["model"].default]
+    try:
+        fixed = forwarded_flags()
+        cells = sweep.expand_grid(FLAGS.partitions, FLAGS.algorithms, models, FLAGS.seeds, fixed)
+        if sweep_dir.exists() and not sweep_dir.is_dir():
+            raise sweep.SweepError(f"--sweep_dir={sweep_dir} is a file; choose a directory")
+        state = sweep.SweepState.load(sweep_dir)
+        state.check_fixed_flags(fixed)
+    except sweep.SweepError as e:
+        fail(str(e))
+    grid = {
+        "partitions": sorted({c.partition for c in cells}, key=[c.partition for c in cells].index),
+        "algorithms": list(dict.fromkeys(c.algorithm for c in cells)),
+        "models": list(dict.fromkeys(c.model for c in cells)),
+        "seeds": list(dict.fromkeys(c.seed for c in cells)),
+    }
+    if FLAGS.dry_run:
+        change = sweep.SweepState(sweep_dir, state.to_dict() if state.exists else None).merge(
+            grid, cells, fixed
+        )
+        print(f"sweep {sweep_dir}: {len(cells)} cells (dry run, nothing is written)")
+        if change.describe():
+            print(change.describe())
+        print("\n".join(sweep.describe(state, cells)))
+        print(f"first cell: {' '.join(cells[0].command(sweep_dir)[1:])}")
+        return
+    try:
+        with sweep.lock_sweep_dir(sweep_dir):
+            change = state.merge(grid, cells, fixed)
+            state.save()
+            print(
+                f"sweep {sweep_dir}: {len(cells)} cells, up to {FLAGS.max_parallel} at a time; "
+                f"logs in cells/<name>/{sweep.LOG_FILE}",
+                flush=True,
+            )
+            if change.describe():
+                print(change.describe(), flush=True)
+            runner = sweep.Runner(
+                state,
+                cells,
+                max_parallel=FLAGS.max_parallel,
+                printer=lambda line: print(line, flush=True),
+            )
+            outcome = runner.run()
+    except sweep.SweepError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"cannot write to --sweep_dir={sweep_dir} ({e.strerror or e}); choose a writable one")
+    out = sys.stderr if outcome.exit_code else sys.stdout
+    for line in sweep.summary_lines(state, cells, outcome, time.monotonic() - start):
+        print(line, file=out, flush=True)
+    if outcome.exit_code == 0:
+        print(f"report: {sys.executable} -m experiments.report --sweep_dir={sweep_dir}")
+    sys.exit(outcome.exit_code)
+
+
+def entry_point() -> None:
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,119 @@
+"""The benchmark harness on its smallest configuration: structure, not timings."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from absl.testing import absltest
+
+from tff_vision import benchmark, runtime
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_SHARED = _ROOT.parent / "shared" / "medmnist"
+
+
+def _smallest(**overrides):
+    values = dict(
+        suites=("overhead", "workers"),
+        data_dir=str(_SHARED),
+        overhead_models=("cnn",),
+        overhead_clients=(3,),
+        overhead_rounds=2,
+        overhead_examples=192,
+        workers_counts=(2,),
+        workers_clients=3,
+        workers_rounds=1,
+        workers_examples=96,
+    )
+    values.update(overrides)
+    return benchmark.BenchmarkConfig.quick(**values)
+
+
+class BenchmarkTest(absltest.TestCase):
+    def tearDown(self):
+        runtime.shutdown()
+        super().tearDown()
+
+    def test_smallest_run_table_and_json(self):
+        lines = []
+        result = benchmark.run(_smallest(), printer=lines.append)
+        self.assertTrue(lines)
+        self.assertEqual([r.suite for r in result.rows], ["overhead", "workers"])
+        for row in result.rows:
+            self.assertIn(row.data, ("real", "synthetic"))
+            self.assertIn(row.met, ("yes", "no"))
+            self.assertGreater(row.ratio, 0)
+            self.assertTrue(row.target)
+            self.assertTrue(row.values)
+        overhead, workers = result.rows
+        details = overhead.details
+        self.assertLen(details["round_seconds"], 2)
+        self.assertLen(details["epoch_seconds"], 2)
+        self.assertTrue(all(s > 0 for s in details["round_seconds"] + details["epoch_seconds"]))
+        self.assertEqual(details["num_examples"], 192)
+        self.assertEqual(details["num_clients"], 3)
+        self.assertAlmostEqual(
+            overhead.ratio, details["steady_round_seconds"] / details["steady_epoch_seconds"]
+        )
+        self.assertEqual(workers.details["workers"], 2)
+        self.assertLen(workers.details["one_round_max_abs_weight_difference"], 1)
+        self.assertLessEqual(max(workers.details["one_round_max_abs_weight_difference"]), 1e-6)
+        self.assertLessEqual(workers.details["final_max_abs_weight_difference"], 1e-6)
+        self.assertEqual(workers.met, "yes")
+        self.assertTrue(all(s > 0 for s in details["round_cpu_seconds"]))
+        self.assertEqual(runtime.find_workers(os.getpid()), [])
+
+        frame = result.frame()
+        self.assertEqual(list(frame.columns), list(benchmark.COLUMNS))
+        self.assertLen(frame, 2)
+        table = result.table()
+        for column in benchmark.COLUMNS:
+            self.assertIn(column, table)
+
+        path = pathlib.Path(self.create_tempdir().full_path) / "bench.json"
+        result.write_json(path)
+        saved = json.loads(path.read_text())
+        self.assertEqual(saved["columns"], list(benchmark.COLUMNS))
+        self.assertLen(saved["rows"], 2)
+        self.assertEqual(saved["config"]["suites"], ["overhead", "workers"])
+        self.assertEqual(saved["meta"]["cpu_count"], os.cpu_count())
+        self.assertGreater(saved["meta"]["seconds"], 0)
+        self.assertEqual(set(saved["meta"]["suite_seconds"]), {"overhead", "workers"})
+
+    def test_helpers_and_validation(self):
+        self.assertEqual(benchmark.steady_seconds([5.0]), 5.0)
+        self.assertEqual(benchmark.steady_seconds([9.0, 1.0, 3.0, 2.0]), 2.0)
+        rss = benchmark.process_tree_rss()
+        self.assertGreater(rss["self"], 0)
+        self.assertEqual(rss["total"], rss["self"] + rss["workers"])
+        with self.assertRaisesRegex(ValueError, "unknown suite"):
+            _smallest(suites=("speed",)).validate()
+        with self.assertRaisesRegex(ValueError, "memory_rounds"):
+            _smallest(memory_rounds=(5, 5)).validate()
+        with self.assertRaisesRegex(ValueError, "workers_clients"):
+            _smallest(workers_counts=(4,), workers_clients=3).validate()
+        quick, full = benchmark.BenchmarkConfig.quick(), benchmark.BenchmarkConfig.full()
+        self.assertLess(quick.memory_rounds[1], full.memory_rounds[1])
+        self.assertEqual(full.memory_rounds, (20, 200))
+        self.assertEqual(
+            benchmark.BenchmarkConfig(worker_threads=2).worker_env()["TF_NUM_INTRAOP_THREADS"], "2"
+        )
+
+    def test_runner_rejects_bad_flags(self):
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.benchmark", "--suites=speed"],
+            cwd=_ROOT,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )
+        self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+        self.assertIn("error: unknown suite", proc.stderr)
+
+
+if __name__ == "__main__":
+    absltest.main()

@@ -1,0 +1,202 @@
+"""Tests for tff_vision.evaluation with a tiny hand-weighted Keras model."""
+
+import json
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import absltest, parameterized
+from sklearn import metrics as sk_metrics
+
+from tff_vision import evaluation
+
+_SHAPE = (2, 2, 1)
+
+
+def _linear_model(kernel, bias):
+    """Flatten + Dense over 2x2x1 images with the given weights (logits out)."""
+    kernel = np.asarray(kernel, np.float32)
+    model = tf.keras.Sequential(
+        [tf.keras.Input(_SHAPE), tf.keras.layers.Flatten(), tf.keras.layers.Dense(kernel.shape[1])]
+    )
+    model.set_weights([kernel, np.asarray(bias, np.float32)])
+    return model
+
+
+def _numpy_logits(images, kernel, bias):
+    flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    return flat @ np.asarray(kernel, np.float32) + np.asarray(bias, np.float32)
+
+
+def _one_hot_images(classes):
+    """2x2x1 images whose pixel `c` is 255 and the others 0."""
+    images = np.zeros((len(classes), 4), np.uint8)
+    images[np.arange(len(classes)), classes] = 255
+    return images.reshape(len(classes), *_SHAPE)
+
+
+def _softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class EvaluateTest(parameterized.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # Pixel c (c < 3) votes for class c; pixel 3 is ignored.
+        cls.kernel = np.vstack([3.0 * np.eye(3), np.zeros((1, 3))])
+        cls.bias = np.array([0.1, 0.0, -0.1])
+        cls.model = _linear_model(cls.kernel, cls.bias)
+        # Predictions [0, 0, 1, 1, 2, 2] against these labels: 4 of 6 right.
+        cls.images = _one_hot_images([0, 0, 1, 1, 2, 2])
+        cls.labels = np.array([0, 1, 1, 1, 2, 0])
+
+    def test_known_predictions(self):
+        result = evaluation.evaluate(self.model, self.images, self.labels, num_classes=3)
+        self.assertAlmostEqual(result.accuracy, 4 / 6)
+        self.assertEqual(result.num_examples, 6)
+        self.assertEqual(result.confusion.dtype, np.int64)
+        np.testing.assert_array_equal(result.confusion, [[1, 0, 1], [1, 2, 0], [0, 0, 1]])
+        self.assertEqual(result.per_client_subset_accuracy, {})
+
+    def test_loss_matches_keras(self):
+        result = evaluation.evaluate(self.model, self.images, self.labels, num_classes=3)
+        logits = self.model(self.images.astype(np.float32) / 255.0, training=False)
+        expected = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+            self.labels, logits
+        )
+        self.assertAlmostEqual(result.loss, float(expected), places=5)
+
+    def test_auc_matches_sklearn(self):
+        result = evaluation.evaluate(self.model, self.images, self.labels, num_classes=3)
+        probs = _softmax(_numpy_logits(self.images, self.kernel, self.bias))
+        expected = sk_metrics.roc_auc_score(self.labels, probs, multi_class="ovr")
+        self.assertAlmostEqual(result.auc, expected, places=6)
+
+    def test_labels_n_by_1_accepted(self):
+        flat = evaluation.evaluate(self.model, self.images, self.labels, num_classes=3)
+        column = evaluation.evaluate(self.model, self.images, self.labels[:, None], num_classes=3)
+        self.assertEqual(flat.as_dict(), column.as_dict())
+        np.testing.assert_array_equal(flat.confusion, column.confusion)
+
+    def test_client_subsets(self):
+        result = evaluation.evaluate(
+            self.model, self.images, self.labels, num_classes=3, client_classes=[[0, 1], [2], []]
+        )
+        # Client 0: examples 0, 1, 2, 3, 5 (labels 0/1), right on 0, 2, 3.
+        # Client 1: example 4 (label 2), right.
+        self.assertAlmostEqual(result.per_client_subset_accuracy["0"], 3 / 5)
+        self.assertEqual(result.per_client_subset_accuracy["1"], 1.0)
+        self.assertTrue(np.isnan(result.per_client_subset_accuracy["2"]))
+
+    def test_as_dict_and_summary(self):
+        result = evaluation.evaluate(
+            self.model, self.images, self.labels, num_classes=3, client_classes=[[0, 1], [2]]
+        )
+        row = result.as_dict("eval_")
+        self.assertEqual(
+            set(row),
+            {
+                "eval_accuracy",
+                "eval_auc",
+                "eval_loss",
+                "eval_subset_accuracy/0",
+                "eval_subset_accuracy/1",
+            },
+        )
+        self.assertEqual(row["eval_accuracy"], result.accuracy)
+        summary = result.summary()
+        self.assertEqual(
+            set(summary), {"test_accuracy", "test_auc", "test_loss", "per_client_subset_accuracy"}
+        )
+        self.assertEqual(summary["per_client_subset_accuracy"], {"0": 3 / 5, "1": 1.0})
+        self.assertEqual(json.loads(json.dumps(summary)), summary)
+        self.assertTrue(all(type(v) is float for k, v in summary.items() if k.startswith("test_")))
+
+    def test_summary_omits_empty_subsets(self):
+        result = evaluation.evaluate(self.model, self.images, self.labels, num_classes=3)
+        self.assertEqual(set(result.summary()), {"test_accuracy", "test_auc", "test_loss"})
+        self.assertEqual(set(result.as_dict()), {"accuracy", "auc", "loss"})
+
+    @parameterized.parameters(1, 4, 7, 10, 256)
+    def test_batch_boundaries(self, batch_size):
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (10, *_SHAPE), dtype=np.uint8)
+        labels = rng.integers(0, 3, 10)
+        kernel = rng.normal(size=(4, 3))
+        bias = rng.normal(size=3)
+        model = _linear_model(kernel, bias)
+        logits = evaluation.predict_logits(model, images, batch_size=batch_size)
+        np.testing.assert_allclose(logits, _numpy_logits(images, kernel, bias), atol=1e-5)
+        probs = evaluation.predict_probabilities(model, images, batch_size=batch_size)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+        batched = evaluation.evaluate(model, images, labels, 3, batch_size=batch_size)
+        whole = evaluation.evaluate(model, images, labels, 3, batch_size=len(images))
+        for key, value in whole.as_dict().items():
+            self.assertAlmostEqual(batched.as_dict()[key], value, places=6)
+        np.testing.assert_array_equal(batched.confusion, whole.confusion)
+
+    def test_empty_images_give_empty_logits(self):
+        logits = evaluation.predict_logits(self.model, np.zeros((0, *_SHAPE), np.uint8))
+        self.assertEqual(logits.shape, (0, 3))
+
+    def test_bad_inputs(self):
+        with self.assertRaisesRegex(ValueError, "uint8"):
+            evaluation.evaluate(self.model, self.images.astype(np.float32), self.labels, 3)
+        with self.assertRaisesRegex(ValueError, r"\[0, 3\)"):
+            evaluation.evaluate(self.model, self.images, self.labels + 1, 3)
+        with self.assertRaisesRegex(ValueError, "6 labels for 5"):
+            evaluation.evaluate(self.model, self.images[:5], self.labels, 3)
+        with self.assertRaisesRegex(ValueError, "model output shape"):
+            evaluation.evaluate(self.model, self.images, self.labels, 4)
+        with self.assertRaisesRegex(ValueError, "empty"):
+            evaluation.evaluate(self.model, self.images[:0], self.labels[:0], 3)
+
+
+class MetricsTest(parameterized.TestCase):
+    def test_macro_auc_equals_sklearn_all_classes(self):
+        rng = np.random.default_rng(1)
+        labels = np.tile(np.arange(4), 10)
+        probs = _softmax(rng.normal(size=(40, 4)) + 1.5 * np.eye(4)[labels])
+        expected = sk_metrics.roc_auc_score(labels, probs, multi_class="ovr", average="macro")
+        self.assertAlmostEqual(evaluation.macro_auc(labels, probs), expected, places=12)
+
+    def test_binary_auc(self):
+        labels = np.array([0, 0, 1, 1])
+        probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]])
+        # Positive/negative pairs ranked right: (0.35 > 0.1), (0.8 > 0.1), (0.8 > 0.4) = 3/4.
+        self.assertAlmostEqual(evaluation.macro_auc(labels, probs), 0.75)
+        self.assertAlmostEqual(
+            evaluation.macro_auc(labels[:, None], probs),
+            sk_metrics.roc_auc_score(labels, probs[:, 1]),
+        )
+
+    def test_absent_class_averages_present_ones(self):
+        rng = np.random.default_rng(2)
+        labels = np.array([0, 1, 3] * 6)
+        probs = _softmax(rng.normal(size=(18, 4)))
+        expected = np.mean([sk_metrics.roc_auc_score(labels == c, probs[:, c]) for c in (0, 1, 3)])
+        self.assertAlmostEqual(evaluation.macro_auc(labels, probs), expected, places=12)
+
+    @parameterized.parameters(2, 3)
+    def test_single_class_auc_is_nan(self, num_classes):
+        probs = np.full((5, num_classes), 1.0 / num_classes)
+        self.assertTrue(np.isnan(evaluation.macro_auc(np.ones(5, np.int64), probs)))
+
+    def test_subset_accuracy_by_hand(self):
+        labels = np.array([0, 1, 2, 2, 3])
+        predictions = np.array([0, 2, 2, 1, 3])
+        result = evaluation.subset_accuracy(labels, predictions, [[0, 1], (2, 3), [4]])
+        self.assertEqual(set(result), {"0", "1", "2"})
+        self.assertEqual(result["0"], 0.5)
+        self.assertAlmostEqual(result["1"], 2 / 3)
+        self.assertTrue(np.isnan(result["2"]))
+
+    def test_cross_entropy_stable_for_large_logits(self):
+        logits = np.array([[1000.0, 0.0], [0.0, 1000.0]])
+        self.assertAlmostEqual(evaluation.cross_entropy(np.array([0, 0]), logits), 500.0)
+
+
+if __name__ == "__main__":
+    absltest.main()

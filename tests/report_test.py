@@ -1,0 +1,324 @@
+"""Tests for tff_vision.report and `python -m experiments.report` on synthetic sweeps.
+
+Each test writes a sweep directory by hand (sweep.json through `tff_vision.sweep`,
+then flags.json, summary.json and partition.csv per cell with known metrics),
+so every mean, standard deviation and "best" below is checked against numbers
+worked out here, not recomputed by the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+from absl.testing import absltest, parameterized
+
+from tff_vision import plots, report, sweep
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Grid order on purpose not alphabetical: the report must keep it.
+_PARTITIONS = ["iid", "dirichlet:0.1", "dirichlet:1", "classes:2"]
+_BASE = {"iid": 0.60, "dirichlet:0.1": 0.40, "dirichlet:1": 0.50, "classes:2": 0.30}
+_DELTA = {"fedavg": 0.0, "fedprox": 0.05}
+_SEED_OFFSET = {0: -0.1, 1: 0.0, 2: 0.1}  # Mean 0, sample std (ddof=1) exactly 0.1.
+
+
+def _accuracy(partition, algorithm, seed):
+    return _BASE[partition] + _DELTA[algorithm] + _SEED_OFFSET[seed]
+
+
+def _write_cell(sweep_dir, cell, accuracy, auc=None, loss=1.0, finished=True, counts=None):
+    out = cell.output_dir(sweep_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    flags = {"partition": cell.partition, "algorithm": cell.algorithm, "model": cell.model}
+    (out / "flags.json").write_text(json.dumps({**flags, "seed": cell.seed, "rounds": 3}))
+    if counts is not None:
+        counts.to_csv(out / "partition.csv")
+    if finished:
+        summary = {
+            "federated": {
+                "test_accuracy": accuracy,
+                "test_auc": accuracy + 0.2 if auc is None else auc,
+                "test_loss": loss,
+                "rounds": 3,
+            },
+            "wall_seconds": 12.5,
+        }
+        (out / "summary.json").write_text(json.dumps(summary))
+
+
+def _counts(seed):
+    """A partition.csv frame as the run writes it: index 'client', totals last."""
+    values = np.array([[10 + seed, 0, 5], [3, 7, 1]])
+    frame = pd.DataFrame(values, columns=["0", "1", "2"], index=pd.Index(["0", "1"], name="client"))
+    frame["total"] = frame.sum(axis=1)
+    frame.loc["total"] = frame.sum(axis=0)
+    return frame
+
+
+def _make_sweep(sweep_dir, partitions, algorithms, models, seeds, skip=()):
+    cells = sweep.expand_grid(partitions, algorithms, models, seeds, {"rounds": "3"})
+    state = sweep.SweepState(sweep_dir)
+    state.merge({"partitions": partitions}, cells, {"rounds": "3"})
+    state.save()
+    for cell in cells:
+        _write_cell(
+            sweep_dir,
+            cell,
+            _accuracy(cell.partition, cell.algorithm, cell.seed),
+            finished=(cell.partition, cell.algorithm, cell.seed) not in skip,
+            counts=_counts(cell.seed),
+        )
+    return cells
+
+
+def _is_png(path):
+    return path.is_file() and path.read_bytes()[:8] == _PNG_SIGNATURE
+
+
+class ReportTest(parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = pathlib.Path(self.create_tempdir().full_path)
+
+    def test_load_cells_one_row_per_finished_cell(self):
+        _make_sweep(self.dir, _PARTITIONS, ["fedavg"], ["cnn"], [0, 1], skip={("iid", "fedavg", 1)})
+        frame, notes = report.load_cells(self.dir)
+        self.assertLen(frame, 7)
+        self.assertEqual(list(frame.columns), list(report.CELL_COLUMNS))
+        row = frame[(frame["partition"] == "dirichlet:1") & (frame["seed"] == 1)].iloc[0]
+        self.assertAlmostEqual(row["test_accuracy"], 0.50)
+        self.assertAlmostEqual(row["test_auc"], 0.70)
+        self.assertEqual(row["rounds"], 3)
+        self.assertEqual(row["wall_seconds"], 12.5)
+        self.assertEqual(row["algorithm"], "fedavg")
+        self.assertLen(notes, 1)
+        self.assertIn("1 cell(s) not finished", notes[0])
+        self.assertIn("partition=iid__algorithm=fedavg__model=cnn__seed=1", notes[0])
+
+    def test_aggregate_table_and_best(self):
+        # dirichlet:0.1 x fedprox lacks seed 2: n = 2 there.
+        _make_sweep(
+            self.dir,
+            _PARTITIONS,
+            ["fedavg", "fedprox"],
+            ["cnn"],
+            [0, 1, 2],
+            skip={("dirichlet:0.1", "fedprox", 2)},
+        )
+        result = report.write_report(self.dir)
+        agg = result.aggregate.set_index(["partition", "algorithm"])
+        # Three seeds: mean = base + delta, std = 0.1 exactly.
+        self.assertEqual(agg.loc[("iid", "fedavg"), "n"], 3)
+        self.assertAlmostEqual(agg.loc[("iid", "fedavg"), "test_accuracy_mean"], 0.60)
+        self.assertAlmostEqual(agg.loc[("iid", "fedavg"), "test_accuracy_std"], 0.1)
+        self.assertAlmostEqual(agg.loc[("iid", "fedprox"), "test_auc_mean"], 0.85)
+        # Two seeds (0.35, 0.45): mean 0.40, std sqrt(0.005) = 0.0707.
+        self.assertEqual(agg.loc[("dirichlet:0.1", "fedprox"), "n"], 2)
+        self.assertAlmostEqual(agg.loc[("dirichlet:0.1", "fedprox"), "test_accuracy_mean"], 0.40)
+        self.assertAlmostEqual(
+            agg.loc[("dirichlet:0.1", "fedprox"), "test_accuracy_std"], 0.0707107, places=6
+        )
+
+        table = pd.read_csv(self.dir / "report" / "table.csv", keep_default_na=False)
+        self.assertEqual(table["partition"].tolist(), _PARTITIONS)  # Grid order kept.
+        self.assertEqual(
+            list(table.columns),
+            [
+                "model",
+                "partition",
+                "fedavg accuracy",
+                "fedavg AUC",
+                "fedavg n",
+                "fedprox accuracy",
+                "fedprox AUC",
+                "fedprox n",
+                "best",
+            ],
+        )
+        iid = table.iloc[0]
+        self.assertEqual(iid["fedavg accuracy"], "0.600 ± 0.100")
+        self.assertEqual(iid["fedavg AUC"], "0.800 ± 0.100")
+        self.assertEqual(iid["fedprox accuracy"], "0.650 ± 0.100")
+        self.assertEqual(iid["fedavg n"], 3)
+        self.assertEqual(table.iloc[1]["fedprox accuracy"], "0.400 ± 0.071")
+        self.assertEqual(table.iloc[1]["fedprox n"], 2)
+        # fedprox is 0.05 better everywhere except dirichlet:0.1, where its mean equals
+        # fedavg's (0.40) only because seed 2 is missing: a tie, both are best.
+        self.assertEqual(
+            table["best"].tolist(), ["fedprox", "fedavg,fedprox", "fedprox", "fedprox"]
+        )
+
+        markdown = (self.dir / "report" / "table.md").read_text()
+        self.assertEqual(markdown, result.markdown)
+        self.assertIn("| partition | fedavg | fedprox |", markdown)
+        self.assertIn(
+            "| iid | 0.600 ± 0.100 / 0.800 ± 0.100 (n=3) | "
+            "**0.650 ± 0.100 / 0.850 ± 0.100 (n=3)** |",
+            markdown,
+        )
+        self.assertIn(
+            "| dirichlet:0.1 | **0.400 ± 0.100 / 0.600 ± 0.100 (n=3)** | "
+            "**0.400 ± 0.071 / 0.600 ± 0.071 (n=2)** |",
+            markdown,
+        )
+        self.assertLess(markdown.index("| iid |"), markdown.index("| classes:2 |"))
+
+        cells = pd.read_csv(self.dir / "report" / "cells.csv")
+        self.assertLen(cells, 4 * 2 * 3 - 1)
+        for name in ("accuracy_vs_alpha.png", "accuracy_vs_k.png", "algorithms.png"):
+            self.assertTrue(_is_png(self.dir / "report" / name), name)
+        for name in ("iid", "dirichlet-0.1", "dirichlet-1", "classes-2"):
+            self.assertTrue(_is_png(self.dir / "report" / "partitions" / f"{name}.png"), name)
+        self.assertEqual(
+            result.notes,
+            [
+                "1 cell(s) not finished (no summary.json), not in the report: "
+                + "partition=dirichlet-0.1__algorithm=fedprox__model=cnn__seed=2"
+            ],
+        )
+
+    def test_single_seed_shows_mean_only(self):
+        _make_sweep(self.dir, ["iid"], ["fedavg"], ["cnn"], [1])
+        result = report.write_report(self.dir)
+        self.assertEqual(result.table.iloc[0]["fedavg accuracy"], "0.600")
+        self.assertEqual(result.table.iloc[0]["fedavg n"], 1)
+        self.assertIn("| iid | **0.600 / 0.800 (n=1)** |", result.markdown)
+        self.assertTrue(np.isnan(result.aggregate.iloc[0]["test_accuracy_std"]))
+
+    def test_loss_metric_prefers_lower(self):
+        cells = sweep.expand_grid(["iid"], ["fedavg", "fedprox"], ["cnn"], [0], {})
+        state = sweep.SweepState(self.dir)
+        state.merge({}, cells, {})
+        state.save()
+        _write_cell(self.dir, cells[0], 0.7, loss=0.9)
+        _write_cell(self.dir, cells[1], 0.6, loss=0.8)
+        self.assertEqual(report.write_report(self.dir).table["best"].tolist(), ["fedavg"])
+        by_loss = report.write_report(self.dir, metric="test_loss")
+        self.assertEqual(by_loss.table["best"].tolist(), ["fedprox"])
+        self.assertIn("fedprox loss", by_loss.table.columns)
+        self.assertIn("lowest mean loss", by_loss.markdown)
+        self.assertFalse((self.dir / "report" / "loss_vs_alpha.png").exists())
+        self.assertFalse((self.dir / "report" / "accuracy_vs_alpha.png").exists())
+
+    def test_several_models_one_block_each_and_missing_cells(self):
+        cells = sweep.expand_grid(
+            ["iid", "dirichlet:0.5"], ["fedavg"], ["cnn", "resnet18"], [0], {}
+        )
+        state = sweep.SweepState(self.dir)
+        state.merge({}, cells, {})
+        state.save()
+        for cell in cells:
+            if cell.model == "resnet18" and cell.partition == "iid":
+                continue  # Never ran.
+            _write_cell(self.dir, cell, 0.5 if cell.model == "cnn" else 0.7)
+        result = report.write_report(self.dir)
+        self.assertEqual(
+            result.table[["model", "partition"]].values.tolist(),
+            [["cnn", "iid"], ["cnn", "dirichlet:0.5"], ["resnet18", "dirichlet:0.5"]],
+        )
+        self.assertIn("### model: cnn", result.markdown)
+        self.assertIn("### model: resnet18", result.markdown)
+        self.assertLess(
+            result.markdown.index("### model: cnn"), result.markdown.index("### model: resnet18")
+        )
+        self.assertTrue(_is_png(self.dir / "report" / "algorithms.png"))
+
+    def test_missing_plots_are_skipped_with_a_note(self):
+        _make_sweep(self.dir, ["iid"], ["fedavg"], ["cnn"], [0])
+        stale = self.dir / "report" / "accuracy_vs_k.png"
+        stale.parent.mkdir(parents=True)
+        stale.write_bytes(b"old")
+        result = report.write_report(self.dir)
+        self.assertFalse((self.dir / "report" / "accuracy_vs_alpha.png").exists())
+        self.assertFalse(stale.exists())
+        self.assertTrue(any("skipped accuracy_vs_alpha.png" in n for n in result.notes))
+        self.assertTrue(any("skipped accuracy_vs_k.png" in n for n in result.notes))
+        self.assertTrue(_is_png(self.dir / "report" / "algorithms.png"))
+
+    def test_heat_map_from_first_seed_without_totals(self):
+        cells = _make_sweep(self.dir, ["dirichlet:1"], ["fedavg"], ["cnn"], [2, 0, 1])
+        (cells[1].output_dir(self.dir) / "partition.csv").unlink()  # Seed 0: none; seed 1 next.
+        calls = []
+        real = plots.plot_class_counts
+
+        def record(counts, path, title=""):
+            calls.append((counts.copy(), pathlib.Path(path), title))
+            return real(counts, path, title)
+
+        with mock.patch.object(plots, "plot_class_counts", side_effect=record):
+            report.write_report(self.dir)
+        self.assertLen(calls, 1)
+        counts, path, title = calls[0]
+        self.assertEqual(path, self.dir / "report" / "partitions" / "dirichlet-1.png")
+        self.assertIn("seed 1", title)
+        self.assertEqual(counts.index.tolist(), ["0", "1"])
+        self.assertEqual(counts.columns.tolist(), ["0", "1", "2"])
+        self.assertEqual(counts.to_numpy().tolist(), [[11, 0, 5], [3, 7, 1]])
+        self.assertTrue(_is_png(path))
+
+    def test_no_finished_cell_is_an_error(self):
+        cells = sweep.expand_grid(["iid"], ["fedavg"], ["cnn"], [0], {})
+        _write_cell(self.dir, cells[0], 0.5, finished=False)
+        with self.assertRaisesRegex(report.ReportError, "no finished cell.*run the sweep first"):
+            report.write_report(self.dir)
+        with self.assertRaisesRegex(report.ReportError, "does not exist"):
+            report.write_report(self.dir / "nothing")
+        with self.assertRaisesRegex(report.ReportError, "unknown metric"):
+            report.write_report(self.dir, metric="f1")
+
+    def test_markdown_helper_escapes_pipes(self):
+        frame = pd.DataFrame({"a": ["x|y", 1.5], "b c": ["", "z"]})
+        self.assertEqual(
+            report.to_markdown(frame), "| a | b c |\n|---|---|\n| x\\|y |  |\n| 1.5 | z |"
+        )
+
+
+class CliTest(absltest.TestCase):
+    def _run(self, *args):
+        return subprocess.run(
+            [sys.executable, "-m", "experiments.report", *args],
+            check=False,
+            cwd=_ROOT,
+            env=dict(os.environ, PYTHONPATH=str(_ROOT)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def test_prints_markdown_and_writes_files(self):
+        sweep_dir = pathlib.Path(self.create_tempdir().full_path)
+        _make_sweep(sweep_dir, ["iid", "classes:2"], ["fedavg"], ["cnn"], [0, 1])
+        result = self._run(f"--sweep_dir={sweep_dir}", "--metric=test_auc")
+        self.assertEqual(result.returncode, 0, msg=result.stderr)
+        self.assertEqual(result.stdout, (sweep_dir / "report" / "table.md").read_text())
+        self.assertIn("| classes:2 | **0.250 ± 0.071 / 0.450 ± 0.071 (n=2)** |", result.stdout)
+        self.assertIn("highest mean AUC", result.stdout)
+        self.assertIn("note: no finished dirichlet: cells; skipped auc_vs_alpha.png", result.stderr)
+        self.assertTrue(_is_png(sweep_dir / "report" / "auc_vs_k.png"))
+
+    def test_bad_input_exit_2_one_line(self):
+        missing = pathlib.Path(self.create_tempdir().full_path) / "missing"
+        for args, expected in (
+            ([f"--sweep_dir={missing}"], "does not exist"),
+            ([], "--sweep_dir is required"),
+            ([f"--sweep_dir={missing}", "--metric=f1"], "metric"),
+        ):
+            result = self._run(*args)
+            self.assertEqual(result.returncode, 2, msg=result.stderr)
+            lines = result.stderr.strip().splitlines()
+            self.assertLen(lines, 1, msg=result.stderr)
+            self.assertStartsWith(lines[0], "error: ")
+            self.assertIn(expected, lines[0])
+
+
+if __name__ == "__main__":
+    absltest.main()

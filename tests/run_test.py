@@ -1,0 +1,289 @@
+"""The experiment runner end to end on real RetinaMNIST, killed and resumed, and misused.
+
+Every run here is a real `python -m experiments.run` subprocess (a small CNN
+and few rounds keep it quick), so these tests also prove that no TFF
+`worker_binary` outlives the runner on any exit path.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pandas as pd
+import psutil
+from absl.testing import absltest, parameterized
+
+from tff_vision import runtime
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_SHARED = _ROOT.parent / "shared" / "medmnist"
+_BASE_FLAGS = [
+    "--dataset=retinamnist",
+    f"--data_dir={_SHARED}",
+    "--model=cnn",
+    "--partition=label_exclusion",
+    "--num_clients=3",
+    "--exclude=1;2;3",
+    "--rounds=4",
+    "--local_epochs=1",
+    "--eval_every=2",
+    "--client_lr=0.05",
+    "--baselines=local,centralized",
+]
+_TIMING_COLUMNS = ("round_seconds", "seconds")
+
+
+def _command(*flags):
+    return [sys.executable, "-m", "experiments.run", *flags]
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(_ROOT))
+
+
+def _run(*flags, timeout=600):
+    return subprocess.run(
+        _command(*flags),
+        cwd=_ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _workers_of(pid):
+    return runtime.find_workers(owner_pid=pid)
+
+
+def _wait_no_workers(pid, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while _workers_of(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _workers_of(pid)
+
+
+def _comparable_metrics(output_dir):
+    frame = pd.read_csv(pathlib.Path(output_dir) / "metrics.csv")
+    return frame.drop(columns=[c for c in _TIMING_COLUMNS if c in frame.columns])
+
+
+def _results(output_dir):
+    summary = json.loads((pathlib.Path(output_dir) / "summary.json").read_text())
+    return {k: summary[k] for k in ("federated", "local_only", "centralized")}
+
+
+class RunnerTest(parameterized.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix="tff_vision_run_test_"))
+        cls.reference_dir = cls.tmp / "reference"
+        cls.reference = _run(*_BASE_FLAGS, f"--output_dir={cls.reference_dir}")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+        super().tearDownClass()
+
+    def test_end_to_end_outputs(self):
+        result = self.reference
+        self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
+        out = self.reference_dir
+        for name in (
+            "flags.json",
+            "partition.csv",
+            "metrics.csv",
+            "summary.json",
+            "curves.png",
+            "confusion_matrix.png",
+        ):
+            self.assertTrue((out / name).is_file(), name)
+        self.assertTrue(any((out / "tb").rglob("events.out.tfevents.*")))
+        self.assertTrue(any((out / "checkpoints" / "federated").iterdir()))
+        self.assertEqual(list(out.glob("**/*.tmp*")), [])
+
+        summary = json.loads((out / "summary.json").read_text())
+        fed = summary["federated"]
+        self.assertEqual(fed["rounds"], 4)
+        self.assertEqual(sorted(fed["per_client_subset_accuracy"]), ["0", "1", "2"])
+        self.assertEqual(sorted(summary["local_only"]), ["0", "1", "2"])
+        for result_ in [fed, summary["centralized"], *summary["local_only"].values()]:
+            self.assertBetween(result_["test_accuracy"], 0.0, 1.0)
+            self.assertBetween(result_["test_auc"], 0.0, 1.0)
+        self.assertGreater(summary["wall_seconds"], 0)
+        # Subset accuracy by hand from the saved confusion matrix: client i lacks class i+1.
+        confusion = summary["confusion_matrix"]
+        for client, excluded in (("0", 1), ("1", 2), ("2", 3)):
+            rows = [r for c, r in enumerate(confusion) if c != excluded]
+            correct = sum(r[c] for c, r in enumerate(confusion) if c != excluded)
+            self.assertAlmostEqual(
+                fed["per_client_subset_accuracy"][client],
+                correct / sum(map(sum, rows)),
+                places=6,
+            )
+
+        partition = pd.read_csv(out / "partition.csv", index_col=0)
+        self.assertEqual(partition.loc["total", "total"], 1080)
+        for client, excluded in (("0", "1"), ("1", "2"), ("2", "3")):
+            self.assertEqual(partition.loc[client, excluded], 0)
+
+        metrics = pd.read_csv(out / "metrics.csv")
+        self.assertEqual(metrics["round"].tolist(), [1, 2, 3, 4])
+        self.assertEqual(metrics["eval_accuracy"].notna().tolist(), [False, True, False, True])
+        self.assertAlmostEqual(metrics["eval_accuracy"].iloc[-1], fed["test_accuracy"], places=6)
+        self.assertTrue((metrics["train_examples"] == 1080).all())
+
+        # Progress lines on the terminal: round, loss, accuracy, s/round, ETA.
+        self.assertRegex(
+            result.stdout, r"\[federated\] round 4/4 .*loss .*acc .*s/round .*ETA"
+        )
+        self.assertIn("centralized", result.stdout)
+        self.assertNotIn("Traceback", result.stderr)
+
+    def test_rerun_of_finished_run_recomputes_nothing(self):
+        before = _results(self.reference_dir)
+        again = _run(*_BASE_FLAGS, f"--output_dir={self.reference_dir}")
+        self.assertEqual(again.returncode, 0, msg=again.stderr[-3000:])
+        self.assertNotIn("[federated] round", again.stdout)
+        self.assertIn("finished earlier", again.stdout)
+        self.assertEqual(_results(self.reference_dir), before)
+
+    def test_killed_run_resumes_to_identical_results(self):
+        out = self.tmp / "killed"
+        proc = subprocess.Popen(
+            _command(*_BASE_FLAGS, f"--output_dir={out}"),
+            cwd=_ROOT,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not (out / "checkpoints" / "federated" / "round_2").exists():
+                self.assertIsNone(proc.poll(), "run ended before it could be killed")
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.05)
+            workers = _workers_of(proc.pid)
+            self.assertLen(workers, 1)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        self.assertEqual(_wait_no_workers(proc.pid), [])
+        self.assertFalse(any(psutil.pid_exists(p) for p in workers if _alive(p)))
+        self.assertFalse((out / "summary.json").exists())
+
+        resumed = _run(*_BASE_FLAGS, f"--output_dir={out}")
+        self.assertEqual(resumed.returncode, 0, msg=resumed.stderr[-3000:])
+        self.assertIn("resuming after round", resumed.stdout)
+        summary = json.loads((out / "summary.json").read_text())
+        self.assertGreaterEqual(summary["resumed_from_round"], 2)
+        self.assertEqual(_results(out), _results(self.reference_dir))
+        pd.testing.assert_frame_equal(
+            _comparable_metrics(out), _comparable_metrics(self.reference_dir)
+        )
+
+    def test_interrupt_exits_130_and_leaves_no_worker(self):
+        out = self.tmp / "interrupted"
+        proc = subprocess.Popen(
+            _command(*_BASE_FLAGS, "--rounds=50", f"--output_dir={out}"),
+            cwd=_ROOT,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoints" / "federated" / "round_1").exists():
+            self.assertIsNone(proc.poll())
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 130, msg=stderr[-2000:])
+        self.assertIn("rerun the same command to resume", stderr)
+        self.assertEqual(_wait_no_workers(proc.pid), [])
+
+
+def _alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class BadInputTest(parameterized.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix="tff_vision_bad_input_"))
+        corrupt = cls.tmp / "corrupt"
+        corrupt.mkdir()
+        data = (_SHARED / "retinamnist.npz").read_bytes()
+        (corrupt / "retinamnist.npz").write_bytes(data[: len(data) // 2])
+        (cls.tmp / "a_file").write_text("")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+        super().tearDownClass()
+
+    def _flags(self, **overrides):
+        flags = {f.split("=", 1)[0]: f for f in _BASE_FLAGS}
+        flags["--output_dir"] = f"--output_dir={self.tmp / 'out'}"
+        for name, value in overrides.items():
+            flags[f"--{name}"] = f"--{name}={value}"
+        return list(flags.values())
+
+    @parameterized.named_parameters(
+        ("unknown_dataset", dict(dataset="nosuchmnist"), "nosuchmnist"),
+        ("unknown_model", dict(model="vgg16"), "vgg16"),
+        ("rounds_zero", dict(rounds=0), "rounds"),
+        ("bad_exclude_class", dict(exclude="1;9;3"), "9"),
+        ("bad_exclude_clients", dict(exclude="1;2"), "exclude"),
+        ("class_excluded_everywhere", dict(exclude="1;1;1"), "1"),
+        ("missing_file", dict(data_dir="{tmp}/empty"), "retinamnist.npz"),
+        ("corrupt_file", dict(data_dir="{tmp}/corrupt"), "md5"),
+        ("unwritable_output_dir", dict(output_dir="{tmp}/a_file/out"), "output_dir"),
+        ("bad_lr", dict(client_lr=-1), "client_lr"),
+    )
+    def test_one_line_error_exit_2(self, overrides, expected):
+        overrides = {k: str(v).format(tmp=self.tmp) for k, v in overrides.items()}
+        (self.tmp / "empty").mkdir(exist_ok=True)
+        result = _run(*self._flags(**overrides), timeout=120)
+        self.assertEqual(result.returncode, 2, msg=result.stderr[-2000:])
+        lines = result.stderr.strip().splitlines()
+        self.assertLen(lines, 1, msg=result.stderr)
+        self.assertStartsWith(lines[0], "error: ")
+        self.assertIn(expected, lines[0])
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertFalse((self.tmp / "out" / "summary.json").exists())
+
+    def test_changed_flags_refuse_to_resume_and_corrupt_nothing(self):
+        out = self.tmp / "existing"
+        out.mkdir()
+        previous = {"dataset": "retinamnist", "rounds": 99}
+        (out / "flags.json").write_text(json.dumps(previous))
+        (out / "summary.json").write_text('{"kept": true}')
+        result = _run(*self._flags(output_dir=out), timeout=120)
+        self.assertEqual(result.returncode, 2, msg=result.stderr[-2000:])
+        self.assertIn("other settings", result.stderr)
+        self.assertEqual(json.loads((out / "flags.json").read_text()), previous)
+        self.assertEqual((out / "summary.json").read_text(), '{"kept": true}')
+        self.assertEqual(sorted(p.name for p in out.iterdir()), ["flags.json", "summary.json"])
+
+
+if __name__ == "__main__":
+    absltest.main()

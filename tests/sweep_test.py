@@ -1,0 +1,611 @@
+"""Tests for tff_vision.sweep and `python -m experiments.sweep`.
+
+Grid expansion, names, commands and status bookkeeping are tested directly.
+The execution machinery (`sweep.Runner`) is tested against a fake
+`experiments.run` (a tiny Python script given as the runner's interpreter) that
+succeeds, fails, sleeps or ignores SIGINT on demand, so parallelism, failure
+records, interruption and log appending are checked in seconds. One end-to-end
+test then runs the real CLI on the real RetinaMNIST file: interrupted, resumed,
+extended by a failing cell, rerun without recomputation, and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pandas as pd
+import psutil
+from absl import flags
+from absl.testing import absltest, parameterized
+
+from tff_vision import runtime, sweep
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_SHARED = _ROOT.parent / "shared" / "medmnist"
+
+_FAKE_RUN = textwrap.dedent(
+    """\
+    #!{python}
+    # A stand-in for `python -m experiments.run`: behaviour chosen by --algorithm.
+    import json, pathlib, signal, sys, time
+
+    assert sys.argv[1:3] == ["-m", "experiments.run"], sys.argv
+    args = dict(a[2:].split("=", 1) for a in sys.argv[3:])
+    out = pathlib.Path(args["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "argv.json").write_text(json.dumps(sys.argv[1:]))
+    algorithm = args["algorithm"]
+    if algorithm == "bogus":
+        print("some warning", file=sys.stderr)
+        print("error: unknown --algorithm 'bogus'; use one of: fedavg", file=sys.stderr)
+        sys.exit(2)
+    if algorithm == "crash":
+        print("Traceback (most recent call last):", file=sys.stderr)
+        print("RuntimeError: boom", file=sys.stderr)
+        sys.exit(1)
+    keys = ("partition", "algorithm", "model", "seed")
+    (out / "flags.json").write_text(json.dumps({{k: args[k] for k in keys}}))
+    print("[federated] round 1/1", flush=True)
+    print("a stderr line", file=sys.stderr, flush=True)
+    if algorithm == "stubborn":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if algorithm in ("slow", "stubborn"):
+        (out / "started").write_text("")
+        try:
+            time.sleep(120)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    if algorithm == "sleep":
+        # A barrier, not a fixed sleep: wait (up to 30 s) until all three "sleep" cells have
+        # started, which only happens when they run at the same time; robust on a loaded CPU.
+        start = time.time()
+        (out / "barrier").write_text("")
+        while len(list(out.parent.glob("*/barrier"))) < 3 and time.time() < start + 30:
+            time.sleep(0.05)
+        (out / "times.json").write_text(json.dumps([start, time.time()]))
+    acc = 0.5 + 0.1 * int(args["seed"])
+    summary = {{
+        "federated": {{"test_accuracy": acc, "test_auc": 0.7, "test_loss": 1.0, "rounds": 1}},
+        "wall_seconds": 0.1,
+    }}
+    (out / "summary.json").write_text(json.dumps(summary))
+    """
+)
+
+
+def _alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class ExpandGridTest(parameterized.TestCase):
+    def test_product_in_seed_major_order(self):
+        cells = sweep.expand_grid(
+            ["iid", "dirichlet:0.1"], ["fedavg", "fedprox"], ["cnn"], ["0", "1"], {"rounds": "3"}
+        )
+        self.assertLen(cells, 8)
+        self.assertEqual(
+            [(c.seed, c.partition, c.algorithm) for c in cells[:4]],
+            [
+                (0, "iid", "fedavg"),
+                (0, "iid", "fedprox"),
+                (0, "dirichlet:0.1", "fedavg"),
+                (0, "dirichlet:0.1", "fedprox"),
+            ],
+        )
+        self.assertEqual({c.seed for c in cells[4:]}, {1})
+        self.assertTrue(all(c.flags == (("rounds", "3"),) for c in cells))
+
+    def test_specs_canonicalised_and_duplicates_dropped(self):
+        cells = sweep.expand_grid(
+            ["Dirichlet:0.50", "dirichlet:0.5", "iid", " classes:02"],
+            ["fedavg", "fedavg"],
+            ["cnn"],
+            [1, "1", "01"],
+            {},
+        )
+        self.assertEqual([c.partition for c in cells], ["dirichlet:0.5", "iid", "classes:2"])
+        self.assertEqual({c.seed for c in cells}, {1})
+
+    def test_names_are_stable_unique_and_filesystem_safe(self):
+        args = (
+            ["iid", "label_exclusion", "classes:2", "dirichlet:0.1", "dirichlet:1e-05"],
+            ["fedavg", "a/b", "a:b", "a-b", "x__model=y"],
+            ["cnn", "resnet18", "y"],
+            [0, 1, 10],
+            {"exclude": "1;2;3", "rounds": "2"},
+        )
+        names = [c.name for c in sweep.expand_grid(*args)]
+        self.assertEqual(names, [c.name for c in sweep.expand_grid(*args)])
+        self.assertLen(set(names), len(names))
+        for name in names:
+            self.assertNoCommonElements(set(name), set(":;/ \\\"'"))
+        self.assertIn(
+            "partition=dirichlet-0.1__algorithm=fedavg__model=cnn__seed=0",
+            names,
+        )
+        # Fixed flags are shared by all cells and not part of the name.
+        other = sweep.expand_grid(["iid"], ["fedavg"], ["cnn"], [0], {"rounds": "9"})
+        self.assertIn(other[0].name, names)
+
+    @parameterized.named_parameters(
+        ("unknown_partition", ["iid", "foo:1"], {}, "foo:1"),
+        ("bad_alpha", ["dirichlet:-1"], {}, "dirichlet:-1"),
+        ("missing_k", ["classes"], {}, "classes"),
+        ("empty_entry", ["iid", ""], {}, "empty entry"),
+        ("swept_flag_fixed", ["iid"], {"partition": "iid"}, "--partitions"),
+        ("output_dir_fixed", ["iid"], {"output_dir": "/tmp/x"}, "--sweep_dir"),
+    )
+    def test_bad_grid_raises_one_line(self, partitions, fixed, expected):
+        with self.assertRaises(sweep.SweepError) as raised:
+            sweep.expand_grid(partitions, ["fedavg"], ["cnn"], [0], fixed)
+        message = str(raised.exception)
+        self.assertIn(expected, message)
+        self.assertNotIn("\n", message)
+
+    @parameterized.parameters(([], "algorithms"), (["a", " "], "algorithms"))
+    def test_empty_axis(self, algorithms, flag):
+        with self.assertRaisesRegex(sweep.SweepError, flag):
+            sweep.expand_grid(["iid"], algorithms, ["cnn"], [0], {})
+
+    @parameterized.parameters("x", "-1", "1.5")
+    def test_bad_seed(self, seed):
+        with self.assertRaisesRegex(sweep.SweepError, "--seeds"):
+            sweep.expand_grid(["iid"], ["fedavg"], ["cnn"], [seed], {})
+
+    @parameterized.parameters(
+        ({"num_clients": "4"}, "0;1;2;3"),
+        ({"num_clients": "7"}, "0;1;2;3;4;0;1"),  # RetinaMNIST has 5 classes.
+        ({"dataset": "breastmnist", "num_clients": "3"}, "0;1;0"),
+        ({}, "0;1;2"),  # The run's default: 3 clients on RetinaMNIST.
+    )
+    def test_label_exclusion_gets_a_rotating_exclusion(self, fixed, expected):
+        cells = sweep.expand_grid(["label_exclusion", "iid"], ["fedavg"], ["cnn"], [0], fixed)
+        self.assertEqual(dict(cells[0].flags)["exclude"], expected)
+        self.assertNotIn("exclude", dict(cells[1].flags))
+
+    def test_fixed_exclude_is_used_as_given(self):
+        fixed = {"exclude": "1,2;;3", "num_clients": "3"}
+        cells = sweep.expand_grid(["label_exclusion", "iid"], ["fedavg"], ["cnn"], [0], fixed)
+        for cell in cells:
+            self.assertEqual(dict(cell.flags)["exclude"], "1,2;;3")
+
+    def test_unknown_dataset_for_derived_exclusion(self):
+        with self.assertRaisesRegex(sweep.SweepError, "nosuchmnist"):
+            sweep.expand_grid(
+                ["label_exclusion"], ["fedavg"], ["cnn"], [0], {"dataset": "nosuchmnist"}
+            )
+
+
+class CommandTest(absltest.TestCase):
+    def test_argv_forwards_flags_without_quoting(self):
+        cell = sweep.Cell(
+            "dirichlet:0.1", "fedavg", "cnn", 2, (("exclude", "1;2;3"), ("rounds", "3"))
+        )
+        argv = cell.command("/s d", python="/py")
+        self.assertEqual(argv[:3], ["/py", "-m", "experiments.run"])
+        self.assertEqual(
+            argv[3:],
+            [
+                "--partition=dirichlet:0.1",
+                "--algorithm=fedavg",
+                "--model=cnn",
+                "--seed=2",
+                "--exclude=1;2;3",
+                "--rounds=3",
+                f"--output_dir=/s d/cells/{cell.name}",
+            ],
+        )
+        # absl parses every value back exactly, ':', ';' and the space included.
+        values = flags.FlagValues()
+        for name in ("partition", "algorithm", "model", "exclude", "output_dir"):
+            flags.DEFINE_string(name, None, "", flag_values=values)
+        for name in ("seed", "rounds"):
+            flags.DEFINE_integer(name, None, "", flag_values=values)
+        values(["prog", *argv[3:]])
+        self.assertEqual(values.partition, "dirichlet:0.1")
+        self.assertEqual(values.exclude, "1;2;3")
+        self.assertEqual(values.seed, 2)
+        self.assertEqual(values.output_dir, str(cell.output_dir("/s d")))
+        # The log header's shell form splits back into the same argv.
+        self.assertEqual(shlex.split(shlex.join(argv)), argv)
+
+    def test_round_trip_through_dict(self):
+        cell = sweep.Cell("classes:2", "fedavg", "cnn", 1, (("a", "1"), ("b", "x;y")))
+        self.assertEqual(sweep.Cell.from_dict(json.loads(json.dumps(cell.to_dict()))), cell)
+
+
+class StatusTest(absltest.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = pathlib.Path(self.create_tempdir().full_path)
+        self.cell = sweep.Cell("iid", "fedavg", "cnn", 0)
+        self.out = self.cell.output_dir(self.dir)
+
+    def test_statuses_from_disk_and_record(self):
+        status = lambda record=None: sweep.disk_status(self.cell, self.dir, record)
+        self.assertEqual(status(), "pending")
+        self.out.mkdir(parents=True)
+        (self.out / "log.txt").write_text("attempt\n")
+        self.assertEqual(status(), "pending")  # A log alone means the run wrote nothing.
+        self.assertEqual(status({"status": "partial"}), "partial")
+        (self.out / "flags.json").write_text("{}")
+        self.assertEqual(status(), "partial")
+        self.assertEqual(status({"status": "failed"}), "failed")
+        (self.out / "summary.json").write_text("{}")
+        self.assertEqual(status(), "done")
+        self.assertEqual(status({"status": "failed"}), "done")
+
+    def test_state_merge_save_load_and_grid_change(self):
+        cells = sweep.expand_grid(
+            ["iid", "dirichlet:0.5"], ["fedavg"], ["cnn"], [0], {"rounds": "1"}
+        )
+        state = sweep.SweepState.load(self.dir)
+        self.assertFalse(state.exists)
+        change = state.merge({"partitions": ["iid", "dirichlet:0.5"]}, cells, {"rounds": "1"})
+        self.assertTrue(change.first)
+        self.assertIsNone(change.describe())
+        state.save()
+
+        loaded = sweep.SweepState.load(self.dir)
+        self.assertEqual(loaded.cells(), cells)
+        data = json.loads((self.dir / "sweep.json").read_text())
+        self.assertEqual(data["counts"], {"done": 0, "partial": 0, "pending": 2, "failed": 0})
+        self.assertEqual(data["fixed_flags"], {"rounds": "1"})
+
+        more = sweep.expand_grid(["iid", "classes:2"], ["fedavg"], ["cnn"], [0, 1], {"rounds": "1"})
+        change = loaded.merge({"partitions": ["iid", "classes:2"]}, more, {"rounds": "1"})
+        self.assertLen(change.added, 3)
+        self.assertEqual(change.kept, [cells[1].name])
+        self.assertIn("3 new cell(s) added", change.describe())
+        self.assertIn("1 cell(s) of earlier grids", change.describe())
+        self.assertEqual([c.name for c in loaded.cells()], [c.name for c in cells] + change.added)
+        self.assertLen(loaded.grids, 2)
+
+    def test_changed_fixed_flags_are_refused_except_data_dir(self):
+        state = sweep.SweepState(self.dir)
+        state.merge({}, [self.cell], {"rounds": "1", "data_dir": "a"})
+        state.check_fixed_flags({"rounds": "1", "data_dir": "b"})
+        with self.assertRaisesRegex(sweep.SweepError, r"--rounds: '1' -> '2'.*new --sweep_dir"):
+            state.check_fixed_flags({"rounds": "2", "data_dir": "a"})
+        with self.assertRaisesRegex(sweep.SweepError, "--eval_every"):
+            state.check_fixed_flags({"rounds": "1", "eval_every": "2"})
+
+    def test_unreadable_state(self):
+        (self.dir / "sweep.json").write_text("{not json")
+        with self.assertRaisesRegex(sweep.SweepError, "unreadable"):
+            sweep.SweepState.load(self.dir)
+
+    def test_lock_refuses_a_second_sweep(self):
+        with (
+            sweep.lock_sweep_dir(self.dir),
+            self.assertRaisesRegex(sweep.SweepError, f"pid {os.getpid()}"),
+            sweep.lock_sweep_dir(self.dir),
+        ):
+            pass
+        with sweep.lock_sweep_dir(self.dir):  # Released again.
+            pass
+
+    def test_format_duration(self):
+        self.assertEqual(sweep.format_duration(41.2), "41 s")
+        self.assertEqual(sweep.format_duration(185), "3m05s")
+        self.assertEqual(sweep.format_duration(3725), "1h02m")
+
+
+class RunnerTest(parameterized.TestCase):
+    """`sweep.Runner` with a fake experiments.run: real subprocesses, no TensorFlow."""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = pathlib.Path(self.create_tempdir().full_path)
+        self.fake = self.dir / "fake_run.py"
+        self.fake.write_text(_FAKE_RUN.format(python=sys.executable))
+        self.fake.chmod(0o755)
+        self.lines = []
+
+    def _runner(self, cells, **kwargs):
+        state = sweep.SweepState.load(self.dir)
+        state.merge({}, cells, {})
+        state.save()
+        return sweep.Runner(
+            state,
+            cells,
+            printer=self.lines.append,
+            error_printer=self.lines.append,
+            python=str(self.fake),
+            **kwargs,
+        )
+
+    def _records(self):
+        data = json.loads((self.dir / "sweep.json").read_text())
+        return {r["algorithm"]: r for r in data["cells"]}
+
+    def test_failures_recorded_others_run_and_rerun_skips_done(self):
+        cells = sweep.expand_grid(
+            ["dirichlet:0.1"], ["fedavg", "bogus", "crash"], ["cnn"], [0], {"exclude": "1;2;3"}
+        )
+        outcome = self._runner(cells).run()
+        self.assertEqual(outcome.exit_code, 1)
+        self.assertLen(outcome.ran, 1)
+        self.assertLen(outcome.failed, 2)
+        records = self._records()
+        self.assertEqual(records["fedavg"]["status"], "done")
+        self.assertEqual(records["fedavg"]["test_accuracy"], 0.5)
+        self.assertEqual(records["bogus"]["status"], "failed")
+        self.assertEqual(records["bogus"]["exit_code"], 2)
+        # The error line wins over later or earlier stderr noise.
+        self.assertEqual(
+            records["bogus"]["message"],
+            "exit 2: error: unknown --algorithm 'bogus'; use one of: fedavg",
+        )
+        self.assertEqual(records["crash"]["message"], "exit 1: RuntimeError: boom")
+        self.assertRegex(
+            self.lines[0],
+            r"^\[cells 1/3\] partition=dirichlet-0\.1__algorithm=fedavg.*: "
+            r"acc 0\.500 auc 0\.700 \(\d+ s\)  ETA \d+s$",
+        )
+        self.assertIn("[cells 2/3]", self.lines[1])
+        self.assertIn("FAILED (exit 2: error: unknown --algorithm", self.lines[1])
+        # The argv reached the run intact.
+        argv = json.loads((cells[0].output_dir(self.dir) / "argv.json").read_text())
+        self.assertIn("--partition=dirichlet:0.1", argv)
+        self.assertIn("--exclude=1;2;3", argv)
+        # stdout and stderr of the cell are in its log.
+        log = (cells[0].output_dir(self.dir) / "log.txt").read_text()
+        self.assertIn("[federated] round 1/1", log)
+        self.assertIn("a stderr line", log)
+        done_summary = cells[0].output_dir(self.dir) / "summary.json"
+        mtime = done_summary.stat().st_mtime_ns
+
+        self.lines.clear()
+        outcome = self._runner(cells).run()
+        self.assertEqual(outcome.exit_code, 1)
+        self.assertEqual(outcome.skipped, [cells[0].name])
+        self.assertIn("skipped, done earlier (acc 0.500 auc 0.700)", self.lines[0])
+        self.assertEqual(done_summary.stat().st_mtime_ns, mtime)
+        records = self._records()
+        self.assertEqual(records["fedavg"]["attempts"], 1)
+        self.assertEqual(records["bogus"]["attempts"], 2)
+        self.assertEqual(log, (cells[0].output_dir(self.dir) / "log.txt").read_text())
+        bogus_log = (cells[1].output_dir(self.dir) / "log.txt").read_text()
+        self.assertEqual(bogus_log.count("attempt: "), 2)  # Appended, not overwritten.
+
+        lines = sweep.summary_lines(sweep.SweepState.load(self.dir), cells, outcome, 3.0)
+        self.assertIn("3 cells: 1 done (1 skipped), 2 failed, 0 partial, 0 pending", lines[0])
+        self.assertIn("failed cells:", lines)
+        dry = sweep.describe(sweep.SweepState.load(self.dir), cells)
+        self.assertEqual([line.split()[0] for line in dry], ["done", "failed", "failed"])
+
+    def test_max_parallel_runs_cells_concurrently(self):
+        cells = sweep.expand_grid(["iid"], ["sleep"], ["cnn"], [0, 1, 2], {})
+        outcome = self._runner(cells, max_parallel=3).run()
+        self.assertEqual(outcome.exit_code, 0, msg=self.lines)
+        spans = [json.loads((c.output_dir(self.dir) / "times.json").read_text()) for c in cells]
+        latest_start = max(start for start, _ in spans)
+        earliest_end = min(end for _, end in spans)
+        self.assertLess(latest_start, earliest_end, "the three cells never ran at the same time")
+
+    def test_interrupt_stops_cells_records_partial(self):
+        cells = sweep.expand_grid(["iid"], ["slow", "stubborn", "fedavg"], ["cnn"], [0], {})
+        runner = self._runner(
+            cells, max_parallel=2, stop_steps=((signal.SIGINT, 1.0), (signal.SIGTERM, 5.0))
+        )
+        started = [c.output_dir(self.dir) / "started" for c in cells[:2]]
+        pids = []
+
+        def interrupt():
+            deadline = time.monotonic() + 30
+            while not all(p.exists() for p in started) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            pids.extend(runner.running_pids())
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: KeyboardInterrupt in this thread.
+
+        thread = threading.Thread(target=interrupt)
+        thread.start()
+        outcome = runner.run()
+        thread.join()
+        self.assertEqual(outcome.exit_code, 130)
+        self.assertLen(pids, 2)
+        self.assertFalse([p for p in pids if _alive(p)])
+        records = self._records()
+        self.assertEqual(records["slow"]["status"], "partial")
+        self.assertEqual(records["slow"]["exit_code"], 130)  # Clean exit on SIGINT.
+        self.assertEqual(records["stubborn"]["status"], "partial")
+        self.assertEqual(records["stubborn"]["exit_code"], -signal.SIGTERM)  # Escalated.
+        self.assertEqual(records["fedavg"]["status"], "pending")  # Never started.
+        self.assertFalse(cells[2].output_dir(self.dir).exists())
+        self.assertTrue(any(line.startswith("interrupted: stopping 2") for line in self.lines))
+
+
+def _sweep_command(sweep_dir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "experiments.sweep",
+        f"--sweep_dir={sweep_dir}",
+        "--algorithms=fedavg",
+        "--models=cnn",
+        "--seeds=0",
+        "--dataset=retinamnist",
+        f"--data_dir={_SHARED}",
+        "--rounds=1",
+        "--local_epochs=1",
+        "--num_clients=3",
+        "--eval_every=1",
+        *extra,
+    ]
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(_ROOT))
+
+
+def _run(command, timeout=300):
+    return subprocess.run(
+        command,
+        check=False,
+        cwd=_ROOT,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class CliTest(absltest.TestCase):
+    def test_dry_run_lists_cells_and_writes_nothing(self):
+        sweep_dir = pathlib.Path(self.create_tempdir().full_path) / "s"
+        result = _run(
+            _sweep_command(
+                sweep_dir, "--partitions=iid,label_exclusion,dirichlet:0.10", "--dry_run"
+            )
+        )
+        self.assertEqual(result.returncode, 0, msg=result.stderr[-2000:])
+        self.assertIn("pending  partition=iid__algorithm=fedavg__model=cnn__seed=0", result.stdout)
+        self.assertIn("pending  partition=dirichlet-0.1__algorithm=fedavg", result.stdout)
+        self.assertIn("3 cells", result.stdout)
+        self.assertFalse(sweep_dir.exists())
+
+    def test_bad_flags_exit_2_with_one_line(self):
+        sweep_dir = pathlib.Path(self.create_tempdir().full_path) / "s"
+        for extra, expected in (
+            (["--partitions=iid,dirichlet:zero"], "dirichlet:zero"),
+            (["--partitions=iid", "--partition=iid"], "--partitions"),
+        ):
+            result = _run(_sweep_command(sweep_dir, *extra), timeout=120)
+            self.assertEqual(result.returncode, 2, msg=result.stderr[-2000:])
+            lines = result.stderr.strip().splitlines()
+            self.assertLen(lines, 1, msg=result.stderr)
+            self.assertStartsWith(lines[0], "error: ")
+            self.assertIn(expected, lines[0])
+            self.assertFalse(sweep_dir.exists())
+
+
+class EndToEndTest(absltest.TestCase):
+    """The real CLI on RetinaMNIST: interrupted, rerun with a failing cell added, reported."""
+
+    def setUp(self):
+        super().setUp()
+        if not (_SHARED / "retinamnist.npz").exists():
+            self.skipTest(f"real MedMNIST file {_SHARED / 'retinamnist.npz'} not present")
+        self.dir = pathlib.Path(self.create_tempdir().full_path) / "sweep"
+
+    def _state(self):
+        data = json.loads((self.dir / "sweep.json").read_text())
+        return {r["partition"]: r for r in data["cells"]}
+
+    def _assert_no_workers(self):
+        for record in self._state().values():
+            if record.get("pid"):
+                self.assertFalse(_alive(record["pid"]), record)
+                self.assertEqual(runtime.find_workers(owner_pid=record["pid"]), [], record)
+
+    def test_interrupt_rerun_fail_report(self):
+        iid_dir = self.dir / "cells" / "partition=iid__algorithm=fedavg__model=cnn__seed=0"
+        dir_dir = (
+            self.dir / "cells" / "partition=dirichlet-0.5__algorithm=fedavg__model=cnn__seed=0"
+        )
+
+        # 1. Ctrl-C (SIGINT to the sweep process only) while the second cell runs.
+        proc = subprocess.Popen(
+            _sweep_command(self.dir, "--partitions=iid,dirichlet:0.5"),
+            cwd=_ROOT,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while not (dir_dir / "flags.json").exists():
+                self.assertIsNone(proc.poll(), "the sweep ended before it could be interrupted")
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assertEqual(proc.returncode, 130, msg=stdout + stderr[-3000:])
+        self.assertRegex(
+            stdout,
+            r"\[cells 1/2\] partition=iid__algorithm=fedavg__model=cnn__seed=0: "
+            r"acc \d\.\d{3} auc \d\.\d{3} \(\d+ s\)  ETA \d+",
+        )
+        self.assertIn("[cells 2/2] partition=dirichlet-0.5", stdout)
+        self.assertIn("left partial", stdout)
+        self.assertIn("rerun the same command to resume", stderr)
+        state = self._state()
+        self.assertEqual(state["iid"]["status"], "done")
+        self.assertEqual(state["dirichlet:0.5"]["status"], "partial")
+        self.assertFalse((dir_dir / "summary.json").exists())
+        self._assert_no_workers()
+        summary = (iid_dir / "summary.json").read_bytes()
+        mtime = (iid_dir / "summary.json").stat().st_mtime_ns
+        log = (iid_dir / "log.txt").read_text()
+
+        # 2. Rerun with one more partition that cannot work (5 classes < 9): the done cell is
+        # skipped, the interrupted one finishes, the new one is recorded as failed: status 1.
+        result = _run(_sweep_command(self.dir, "--partitions=iid,dirichlet:0.5,classes:9"))
+        self.assertEqual(result.returncode, 1, msg=result.stdout + result.stderr[-3000:])
+        self.assertIn("1 new cell(s) added", result.stdout)
+        self.assertIn(
+            "[cells 1/3] partition=iid__algorithm=fedavg__model=cnn__seed=0: skipped, done earlier",
+            result.stdout,
+        )
+        self.assertRegex(result.stdout, r"\[cells 2/3\] partition=dirichlet-0\.5.*: acc \d")
+        self.assertIn(
+            "[cells 3/3] partition=classes-9__algorithm=fedavg__model=cnn__seed=0: FAILED",
+            result.stdout,
+        )
+        self.assertIn("failed cells:", result.stderr)
+        self.assertEqual((iid_dir / "summary.json").read_bytes(), summary)
+        self.assertEqual((iid_dir / "summary.json").stat().st_mtime_ns, mtime)
+        self.assertEqual((iid_dir / "log.txt").read_text(), log)  # Not even started again.
+        state = self._state()
+        self.assertEqual(state["iid"]["attempts"], 1)
+        self.assertEqual(state["dirichlet:0.5"]["status"], "done")
+        self.assertEqual(state["dirichlet:0.5"]["attempts"], 2)
+        self.assertEqual(state["classes:9"]["status"], "failed")
+        self.assertEqual(state["classes:9"]["exit_code"], 2)
+        self.assertIn("error: ", state["classes:9"]["message"])
+        self.assertIn("classes:9", state["classes:9"]["message"])
+        self._assert_no_workers()
+
+        # 3. The report: one row per finished partition in grid order, values from summary.json.
+        result = _run([sys.executable, "-m", "experiments.report", f"--sweep_dir={self.dir}"])
+        self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
+        table = pd.read_csv(self.dir / "report" / "table.csv", dtype=str)
+        self.assertEqual(table["partition"].tolist(), ["iid", "dirichlet:0.5"])
+        feds = [
+            json.loads((d / "summary.json").read_text())["federated"] for d in (iid_dir, dir_dir)
+        ]
+        self.assertEqual(
+            table["fedavg accuracy"].tolist(), [f"{f['test_accuracy']:.3f}" for f in feds]
+        )
+        self.assertEqual(table["fedavg AUC"].tolist(), [f"{f['test_auc']:.3f}" for f in feds])
+        self.assertEqual(table["fedavg n"].tolist(), ["1", "1"])
+        self.assertEqual(table["best"].tolist(), ["fedavg", "fedavg"])
+        self.assertIn("| iid | **", result.stdout)
+        self.assertIn("no partition.csv for classes:9", result.stderr)
+        for name in ("table.md", "algorithms.png", "accuracy_vs_alpha.png", "partitions/iid.png"):
+            self.assertTrue((self.dir / "report" / name).is_file(), name)
+        self.assertFalse((self.dir / "report" / "accuracy_vs_k.png").exists())
+
+
+if __name__ == "__main__":
+    absltest.main()

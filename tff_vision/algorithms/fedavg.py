@@ -1,0 +1,69 @@
+"""Federated averaging (McMahan et al., 2017) over a Keras model.
+
+A thin, typed entry to `tff.learning.algorithms.build_weighted_fed_avg`: the
+clients run `client_optimizer` over their local data starting from the
+broadcast global weights; the server averages the model deltas weighted by
+the number of examples each client trained on and applies the average as a
+pseudo-gradient with `server_optimizer` (SGD with learning rate 1.0 recovers
+plain FedAvg: new weights = example-weighted mean of the client weights).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import tensorflow_federated as tff
+
+from tff_vision.algorithms import keras_model, optimizers
+
+
+def build_fedavg(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    client_optimizer: Union[
+        tff.learning.optimizers.Optimizer, Callable[[Any], tff.learning.optimizers.Optimizer]
+    ],
+    server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None,
+    model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
+    client_learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+) -> tff.learning.templates.LearningProcess:
+    """Builds the FedAvg learning process.
+
+    Args:
+        model_fn: No-argument callable returning a fresh
+            `tff.learning.models.VariableModel` (see `keras_model.model_fn`).
+        client_optimizer: Optimizer each client uses for local training; with
+            `client_learning_rate_fn`, a callable `learning_rate -> Optimizer`.
+        server_optimizer: Optimizer applied to the averaged client delta;
+            defaults to SGD with learning rate 1.0.
+        model_aggregator: Weighted aggregation of client deltas; defaults to
+            TFF's weighted mean.
+        client_learning_rate_fn: Optional `round_index -> learning rate`
+            (0-based); the process is then built with TFF's
+            `build_weighted_fed_avg_with_optimizer_schedule`, which keeps the
+            round counter in the process state (so resume stays exact).
+
+    Returns:
+        A `tff.learning.templates.LearningProcess` whose `next` runs one round.
+    """
+    if server_optimizer is None:
+        server_optimizer = optimizers.build_optimizer("sgd", 1.0)
+    if client_learning_rate_fn is None:
+        process = tff.learning.algorithms.build_weighted_fed_avg(
+            model_fn,
+            client_optimizer_fn=client_optimizer,
+            server_optimizer_fn=server_optimizer,
+            client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
+            model_aggregator=model_aggregator,
+        )
+    else:
+        if isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
+            raise TypeError("with client_learning_rate_fn, pass client_optimizer as lr -> Optimizer")
+        process = tff.learning.algorithms.build_weighted_fed_avg_with_optimizer_schedule(
+            model_fn,
+            client_learning_rate_fn=client_learning_rate_fn,
+            client_optimizer_fn=client_optimizer,
+            server_optimizer_fn=server_optimizer,
+            model_aggregator=model_aggregator,
+        )
+    keras_model.restore_eager_keras_classes()
+    return process

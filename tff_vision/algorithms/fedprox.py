@@ -1,0 +1,224 @@
+"""FedProx (Li et al., 2020): FedAvg whose clients stay near the global model.
+
+Client k minimizes its local loss plus a proximal term,
+
+    h_k(w) = F_k(w) + mu/2 * ||w - w_g||^2,
+
+where w_g are the global weights broadcast at the start of the round, so each
+local step is `w <- w - lr * (grad F_k(w) + mu * (w - w_g))` (through the
+client optimizer). The server then proceeds as in FedAvg: example-weighted
+mean of the client deltas, applied with the server optimizer.
+
+Why not `tff.learning.algorithms.build_weighted_fed_prox`: in TFF 0.87 its
+client work adds `mu * (w_g - w)` to the gradient (`proximal_client_work.py`:
+`lambda x, y: delta_l2_regularizer * (y - x)` over (current, initial)), the
+gradient of -mu/2 * ||w - w_g||^2: it pushes clients *away* from the global
+model. `tests/fedprox_test.py` checks that this is still so. The client work
+here is written with TFF's public building blocks instead
+(`tff.learning.templates.ClientWorkProcess` composed with TFF's broadcast,
+aggregator and optimizer finalizer), with the paper's sign; it also takes a
+per-round client learning-rate schedule (TFF has no scheduled FedProx), kept
+as a round counter in the process state so that a resumed run stays exact.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_vision.algorithms import keras_model, optimizers
+
+OptimizerArg = Union[
+    tff.learning.optimizers.Optimizer, Callable[[Any], tff.learning.optimizers.Optimizer]
+]
+
+
+def build_fedprox(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    client_optimizer: OptimizerArg,
+    proximal_strength: float,
+    server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None,
+    model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
+    client_learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+    client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
+) -> tff.learning.templates.LearningProcess:
+    """Builds the FedProx learning process.
+
+    Args:
+        model_fn: No-argument callable returning a fresh
+            `tff.learning.models.VariableModel` (see `keras_model.model_fn`).
+        client_optimizer: The client optimizer; with `client_learning_rate_fn`,
+            a callable `learning_rate -> Optimizer`.
+        proximal_strength: mu >= 0 (0 gives FedAvg).
+        server_optimizer: Applied to the averaged client delta; defaults to SGD
+            with learning rate 1.0.
+        model_aggregator: Weighted aggregation of the client deltas; defaults
+            to TFF's weighted mean.
+        client_learning_rate_fn: Optional `round_index -> learning rate`
+            (0-based, as in `build_weighted_fed_avg_with_optimizer_schedule`).
+        client_weighting: `NUM_EXAMPLES` (examples trained on, FedAvg's
+            weighting) or `UNIFORM`.
+
+    Returns:
+        A `tff.learning.templates.LearningProcess`.
+    """
+    if not proximal_strength >= 0:
+        raise ValueError(f"proximal_strength must be >= 0, got {proximal_strength}")
+    if server_optimizer is None:
+        server_optimizer = optimizers.build_optimizer("sgd", 1.0)
+    if model_aggregator is None:
+        model_aggregator = tff.aggregators.MeanFactory()
+
+    @tff.tensorflow.computation
+    def initial_model_weights_fn():
+        return tff.learning.models.ModelWeights.from_model(model_fn())
+
+    weights_type = initial_model_weights_fn.type_signature.result
+    client_work = build_proximal_client_work(
+        model_fn,
+        client_optimizer,
+        float(proximal_strength),
+        client_learning_rate_fn=client_learning_rate_fn,
+        client_weighting=client_weighting,
+    )
+    aggregator = model_aggregator.create(weights_type.trainable, tff.TensorType(np.float32))
+    process = tff.learning.templates.compose_learning_process(
+        initial_model_weights_fn,
+        tff.learning.templates.build_broadcast_process(weights_type),
+        client_work,
+        aggregator,
+        tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
+    )
+    keras_model.restore_eager_keras_classes()
+    return process
+
+
+def build_proximal_client_work(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    client_optimizer: OptimizerArg,
+    proximal_strength: float,
+    client_learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+    client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
+) -> tff.learning.templates.ClientWorkProcess:
+    """Client work of FedProx: local training on the proximal objective, model deltas out.
+
+    The state is the 0-based round index (int32 at the server), which feeds
+    `client_learning_rate_fn`. Each client returns `w_g - w` (TFF's sign
+    convention: the delta is a pseudo-gradient) weighted per
+    `client_weighting`; a client whose delta has a non-finite value sends
+    zeros with weight 0. Measurements: `train` (the model's metrics summed
+    over clients, then finalized; the loss is the data loss without the
+    proximal term, as in TFF) and, with a schedule, `client_learning_rate`.
+    """
+    if client_learning_rate_fn is None and not isinstance(
+        client_optimizer, tff.learning.optimizers.Optimizer
+    ):
+        raise TypeError("without client_learning_rate_fn, pass a tff.learning Optimizer")
+    if client_learning_rate_fn is not None and isinstance(
+        client_optimizer, tff.learning.optimizers.Optimizer
+    ):
+        raise TypeError("with client_learning_rate_fn, pass client_optimizer as lr -> Optimizer")
+    mu = float(proximal_strength)
+
+    with tf.Graph().as_default():  # Keeps the probe model's variables out of the eager context.
+        probe = model_fn()
+        metrics_aggregation_fn = tff.learning.metrics.sum_then_finalize(probe.metric_finalizers())
+        weights_type = tff.learning.models.weights_type_from_model(probe)
+        data_type = tff.SequenceType(tff.types.tensorflow_to_type(probe.input_spec))
+
+    @tff.tensorflow.computation(weights_type, data_type, np.int32)
+    def client_update(initial_weights, dataset, round_index):
+        model = model_fn()
+        if client_learning_rate_fn is None:
+            optimizer = client_optimizer
+        else:
+            optimizer = client_optimizer(client_learning_rate_fn(round_index))
+        return _train(model, optimizer, mu, client_weighting, initial_weights, dataset)
+
+    @tff.tensorflow.computation(np.int32)
+    def server_learning_rate(round_index):
+        if client_learning_rate_fn is None:  # Reported for schedules only.
+            return tf.constant(0.0, tf.float32)
+        return tf.cast(client_learning_rate_fn(round_index), tf.float32)
+
+    @tff.tensorflow.computation(np.int32)
+    def add_one(round_index):
+        return round_index + 1
+
+    @tff.federated_computation
+    def init_fn():
+        return tff.federated_value(0, tff.SERVER)
+
+    @tff.federated_computation(
+        init_fn.type_signature.result,
+        tff.FederatedType(weights_type, tff.CLIENTS),
+        tff.FederatedType(data_type, tff.CLIENTS),
+    )
+    def next_fn(state, weights, client_data):
+        round_at_clients = tff.federated_broadcast(state)
+        client_result, model_outputs = tff.federated_map(
+            client_update, (weights, client_data, round_at_clients)
+        )
+        measurements = collections.OrderedDict(train=metrics_aggregation_fn(model_outputs))
+        if client_learning_rate_fn is not None:
+            measurements["client_learning_rate"] = tff.federated_map(server_learning_rate, state)
+        measurements = tff.federated_zip(measurements)
+        return tff.templates.MeasuredProcessOutput(
+            tff.federated_map(add_one, state), client_result, measurements
+        )
+
+    return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+
+
+def _train(model, optimizer, mu, client_weighting, initial_weights, dataset):
+    """Local proximal training of `model` from `initial_weights` over `dataset`."""
+    weights = tff.learning.models.ModelWeights.from_model(model)
+
+    @tf.function
+    def run():
+        tf.nest.map_structure(lambda v, t: v.assign(t), weights, initial_weights)
+        trainable = tuple(weights.trainable)
+        anchor = tuple(initial_weights.trainable)
+        specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
+
+        def step(state, batch):
+            num_examples, optimizer_state = state
+            with tf.GradientTape() as tape:
+                output = model.forward_pass(batch, training=True)
+            gradients = tape.gradient(output.loss, trainable)
+            if mu > 0:
+                # Gradient of mu/2 * ||w - w_g||^2 (Li et al., 2020, Algorithm 2).
+                gradients = tuple(g + mu * (w - a) for g, w, a in zip(gradients, trainable, anchor))
+            optimizer_state, updated = optimizer.next(optimizer_state, trainable, gradients)
+            for variable, value in zip(trainable, updated):
+                variable.assign(value)
+            if output.num_examples is None:
+                batch_size = tf.shape(output.predictions, out_type=tf.int64)[0]
+            else:
+                batch_size = tf.cast(output.num_examples, tf.int64)
+            return num_examples + batch_size, optimizer_state
+
+        num_examples, _ = dataset.reduce(
+            (tf.constant(0, tf.int64), optimizer.initialize(specs)), step
+        )
+        delta = tuple(tf.subtract(a, w) for a, w in zip(anchor, trainable))
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(d)) for d in delta])
+        delta = tuple(tf.where(finite, d, tf.zeros_like(d)) for d in delta)
+        if client_weighting == tff.learning.ClientWeighting.NUM_EXAMPLES:
+            weight = tf.cast(num_examples, tf.float32)
+        elif client_weighting == tff.learning.ClientWeighting.UNIFORM:
+            weight = tf.constant(1.0, tf.float32)
+        else:
+            raise ValueError(f"unsupported client weighting {client_weighting}")
+        weight = tf.where(finite, weight, 0.0)
+        update = tf.nest.pack_sequence_as(initial_weights.trainable, list(delta))
+        return (
+            tff.learning.templates.ClientResult(update=update, update_weight=weight),
+            model.report_local_unfinalized_metrics(),
+        )
+
+    return run()

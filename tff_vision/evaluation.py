@@ -1,0 +1,263 @@
+"""Evaluation of a logits classifier on a labelled test split.
+
+The split is given as numpy arrays: uint8 images `[N, H, W, C]` and integer
+labels `[N]` (or `[N, 1]`, as stored in MedMNIST files). Images are scaled
+exactly as for training (`client_data.scale_images`) and fed to the model in
+batches with `predict_on_batch` (after its one-time trace, the fastest way to
+run a Keras model on CPU for a few hundred images; it is cached on the model,
+so repeated evaluations of one model do not retrace).
+
+Metrics: accuracy, macro one-vs-rest ROC AUC, mean sparse categorical
+cross-entropy, the confusion matrix and, for label-excluding partitions, each
+client's "subset accuracy": the accuracy on the test examples whose true class
+is one that client holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from sklearn import metrics as sk_metrics
+
+from tff_vision import client_data
+
+DEFAULT_BATCH_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Metrics of one evaluation of a classifier on a test split.
+
+    Attributes:
+        accuracy: Fraction of examples whose arg-max prediction is the label.
+        auc: Macro one-vs-rest ROC AUC (see `macro_auc`); NaN if undefined.
+        loss: Mean sparse categorical cross-entropy of the logits.
+        confusion: int64 `[num_classes, num_classes]`; rows are true classes,
+            columns predicted classes.
+        per_client_subset_accuracy: Client id ("0", "1", ...) -> accuracy on the
+            test examples whose true class that client holds (see
+            `subset_accuracy`); empty when no client classes were given.
+        num_examples: Number of test examples.
+    """
+
+    accuracy: float
+    auc: float
+    loss: float
+    confusion: np.ndarray
+    per_client_subset_accuracy: dict[str, float]
+    num_examples: int
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        """Flat scalar metrics for CSV / TensorBoard rows (no confusion matrix).
+
+        Args:
+            prefix: Prepended to every key, e.g. "eval_" or "test/".
+
+        Returns:
+            `{prefix + "accuracy", prefix + "auc", prefix + "loss"}` plus
+            `prefix + "subset_accuracy/<client>"` for each client.
+        """
+        row = {
+            f"{prefix}accuracy": float(self.accuracy),
+            f"{prefix}auc": float(self.auc),
+            f"{prefix}loss": float(self.loss),
+        }
+        for client, value in self.per_client_subset_accuracy.items():
+            row[f"{prefix}subset_accuracy/{client}"] = float(value)
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        """Test metrics as plain Python floats for a JSON summary.
+
+        NaN values stay NaN (Python's `json` writes them as `NaN`).
+        """
+        result: dict[str, Any] = {
+            "test_accuracy": float(self.accuracy),
+            "test_auc": float(self.auc),
+            "test_loss": float(self.loss),
+        }
+        if self.per_client_subset_accuracy:
+            result["per_client_subset_accuracy"] = {
+                str(k): float(v) for k, v in self.per_client_subset_accuracy.items()
+            }
+        return result
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+    return images
+
+
+def _flat_labels(labels: np.ndarray, num_examples: int | None = None) -> np.ndarray:
+    """Labels `[N]` or `[N, 1]` -> int64 `[N]`."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"labels must have shape [N] or [N, 1], got {labels.shape}")
+    if num_examples is not None and len(labels) != num_examples:
+        raise ValueError(f"got {len(labels)} labels for {num_examples} examples")
+    return labels.astype(np.int64)
+
+
+def predict_logits(
+    model: tf.keras.Model, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
+    """Runs `model` on scaled uint8 `images` in batches.
+
+    Args:
+        model: A Keras model mapping float32 images in [0, 1] to logits.
+        images: uint8 `[N, H, W, C]`.
+        batch_size: Images per forward pass (bounds memory for large inputs).
+
+    Returns:
+        float32 logits `[N, num_classes]`.
+    """
+    images = _check_images(images)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(images) == 0:
+        return np.zeros((0, int(model.output_shape[-1])), np.float32)
+    batches = [
+        np.asarray(model.predict_on_batch(client_data.scale_images(images[i : i + batch_size])))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(batches).astype(np.float32, copy=False)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax over the last axis, in float64."""
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis (float64)."""
+    return np.exp(_log_softmax(logits))
+
+
+def predict_probabilities(
+    model: tf.keras.Model, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
+    """Class probabilities `[N, num_classes]` (softmax of the model's logits)."""
+    return softmax(predict_logits(model, images, batch_size))
+
+
+def cross_entropy(labels: np.ndarray, logits: np.ndarray) -> float:
+    """Mean sparse categorical cross-entropy of `logits` `[N, C]` at `labels` `[N]`."""
+    labels = _flat_labels(labels, len(logits))
+    if len(labels) == 0:
+        return float("nan")
+    log_probs = _log_softmax(logits)
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Macro one-vs-rest ROC AUC.
+
+    With 2 classes this is the binary AUC of `probs[:, 1]`. With more, it is
+    the mean over the classes present in `labels` of the binary AUC of
+    `probs[:, c]` for "label == c" (a class absent from the labels has no
+    defined AUC). With all classes present this equals sklearn's
+    `roc_auc_score(labels, probs, multi_class="ovr", average="macro")`.
+
+    Args:
+        labels: Integer labels `[N]` or `[N, 1]`.
+        probs: Scores `[N, num_classes]` (need not sum to 1).
+
+    Returns:
+        The AUC, or NaN if fewer than 2 classes are present in `labels`.
+    """
+    probs = np.asarray(probs)
+    labels = _flat_labels(labels, len(probs))
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be [N, num_classes], got {probs.shape}")
+    present = np.unique(labels)
+    if len(present) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(sk_metrics.roc_auc_score(labels, probs[:, 1]))
+    aucs = [sk_metrics.roc_auc_score(labels == c, probs[:, c]) for c in present]
+    return float(np.mean(aucs))
+
+
+def subset_accuracy(
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    client_classes: Sequence[Sequence[int]],
+) -> dict[str, float]:
+    """Each client's accuracy on the test examples of the classes it holds.
+
+    Args:
+        labels: True labels `[N]` or `[N, 1]`.
+        predictions: Predicted labels `[N]`.
+        client_classes: `client_classes[i]` = the classes client i holds.
+
+    Returns:
+        `{str(i): accuracy}`; NaN for a client none of whose classes occur.
+    """
+    predictions = np.asarray(predictions).reshape(-1)
+    labels = _flat_labels(labels, len(predictions))
+    result = {}
+    for i, classes in enumerate(client_classes):
+        mask = np.isin(labels, np.asarray(list(classes), np.int64))
+        result[str(i)] = (
+            float(np.mean(predictions[mask] == labels[mask])) if mask.any() else float("nan")
+        )
+    return result
+
+
+def evaluate(
+    model: tf.keras.Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    client_classes: Sequence[Sequence[int]] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> EvalResult:
+    """Evaluates a logits classifier on a labelled test split.
+
+    Args:
+        model: Keras model mapping float32 images in [0, 1] to logits
+            `[B, num_classes]`.
+        images: uint8 `[N, H, W, C]`, N >= 1.
+        labels: Integer labels in `[0, num_classes)`, shape `[N]` or `[N, 1]`.
+        num_classes: Number of classes (size of the confusion matrix).
+        client_classes: Optional classes of each client for
+            `per_client_subset_accuracy`.
+        batch_size: Images per forward pass.
+
+    Returns:
+        The `EvalResult`.
+    """
+    images = _check_images(images)
+    labels = _flat_labels(labels, len(images))
+    if len(labels) == 0:
+        raise ValueError("cannot evaluate on an empty test split")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
+        )
+    logits = predict_logits(model, images, batch_size)
+    if logits.shape != (len(labels), num_classes):
+        raise ValueError(
+            f"model output shape {logits.shape} != ({len(labels)}, {num_classes}) expected"
+        )
+    predictions = logits.argmax(axis=-1)
+    confusion = sk_metrics.confusion_matrix(labels, predictions, labels=range(num_classes))
+    subsets = subset_accuracy(labels, predictions, client_classes) if client_classes else {}
+    return EvalResult(
+        accuracy=float(np.mean(predictions == labels)),
+        auc=macro_auc(labels, softmax(logits)),
+        loss=cross_entropy(labels, logits),
+        confusion=confusion.astype(np.int64),
+        per_client_subset_accuracy=subsets,
+        num_examples=len(labels),
+    )

@@ -1,0 +1,242 @@
+"""PNG figures of training curves, confusion matrices and partitions.
+
+Uses matplotlib's non-interactive "Agg" backend. Every figure is written
+atomically: rendered to a temporary file next to the target, then moved over
+it with `os.replace`, so a reader (or a crashed run) never sees a partial PNG.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import threading
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+_DPI = 120
+_MAX_TICK_CHARS = 24
+_ACCURACY_SERIES = (
+    ("train_accuracy", "train accuracy", False),
+    ("eval_accuracy", "eval accuracy", True),
+    ("eval_auc", "eval AUC", True),
+)
+_LOSS_SERIES = (
+    ("train_loss", "train loss", False),
+    ("eval_loss", "eval loss", True),
+)
+
+
+def save_figure(fig: plt.Figure, path: str | os.PathLike) -> pathlib.Path:
+    """Writes `fig` as a PNG at `path` atomically, then closes it.
+
+    The figure is rendered to `<path>.tmp-<pid>-<thread>.png` in the same
+    directory and moved over `path`; on failure the temporary file is removed
+    and any existing file at `path` is left untouched.
+
+    Returns:
+        `path` as a `pathlib.Path`.
+    """
+    path = pathlib.Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}.png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def truncate_label(label: object, max_chars: int = _MAX_TICK_CHARS) -> str:
+    """`str(label)`, cut to `max_chars` characters with an ellipsis if longer."""
+    text = str(label)
+    return text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "\u2026"
+
+
+def _plot_series(ax: plt.Axes, metrics: pd.DataFrame, x: pd.Series, series) -> None:
+    for column, label, is_eval in series:
+        if column not in metrics.columns:
+            continue
+        values = pd.to_numeric(metrics[column], errors="coerce")
+        keep = values.notna() & x.notna()
+        if not keep.any():
+            continue
+        marker, size = ("o", 4) if is_eval else (".", 3)
+        ax.plot(x[keep], values[keep], label=label, linewidth=1.2, marker=marker, markersize=size)
+
+
+def _plot_baselines(
+    ax: plt.Axes, baselines: dict[str, dict[str, float]], key: str, colors: dict[str, str]
+) -> None:
+    for label, values in baselines.items():
+        value = values.get(key)
+        if value is None or not np.isfinite(value):
+            continue
+        ax.axhline(
+            float(value), linestyle="--", linewidth=1.0, color=colors[label], label=f"{label}"
+        )
+
+
+def plot_curves(
+    metrics: pd.DataFrame,
+    path: str | os.PathLike,
+    baselines: dict[str, dict[str, float]] | None = None,
+    title: str = "",
+) -> pathlib.Path:
+    """Accuracy and loss against round, side by side.
+
+    Args:
+        metrics: One row per round: a `round` column (the index is used if it
+            is missing), and any of `train_accuracy`, `train_loss`,
+            `eval_accuracy`, `eval_loss`, `eval_auc`. NaN entries (e.g.
+            evaluation columns on non-evaluation rounds) are skipped; missing
+            columns are ignored.
+        path: Where to write the PNG.
+        baselines: Label -> `{"accuracy": a, "loss": l}` (either key may be
+            missing), drawn as dashed horizontal lines in the matching panel.
+        title: Figure title.
+
+    Returns:
+        `path` as a `pathlib.Path`.
+    """
+    baselines = baselines or {}
+    if "round" in metrics.columns:
+        x = pd.to_numeric(metrics["round"], errors="coerce")
+    else:
+        x = pd.Series(np.arange(len(metrics)), index=metrics.index, dtype=float)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["k"])
+    colors = {label: cycle[(i + 3) % len(cycle)] for i, label in enumerate(baselines)}
+
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, series, key, name in (
+        (acc_ax, _ACCURACY_SERIES, "accuracy", "accuracy"),
+        (loss_ax, _LOSS_SERIES, "loss", "loss"),
+    ):
+        _plot_series(ax, metrics, x, series)
+        _plot_baselines(ax, baselines, key, colors)
+        ax.set_xlabel("round")
+        ax.set_title(name)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _annotated_heatmap(
+    ax: plt.Axes, colour: np.ndarray, counts: np.ndarray, vmax: float, cmap: str, aspect: str
+) -> matplotlib.image.AxesImage:
+    """imshow of `colour` with each cell annotated by its integer count."""
+    image = ax.imshow(colour, cmap=cmap, vmin=0.0, vmax=vmax, aspect=aspect)
+    fontsize = 8 if max(counts.shape) <= 10 else 6
+    for (row, col), count in np.ndenumerate(counts):
+        dark = vmax > 0 and colour[row, col] > 0.5 * vmax
+        ax.text(
+            col,
+            row,
+            f"{int(count)}",
+            ha="center",
+            va="center",
+            fontsize=fontsize,
+            color="white" if dark else "black",
+        )
+    return image
+
+
+def _set_ticks(ax: plt.Axes, x_labels: Sequence[object], y_labels: Sequence[object]) -> None:
+    x_text = [truncate_label(label) for label in x_labels]
+    y_text = [truncate_label(label) for label in y_labels]
+    rotate = len(x_text) > 6 or any(len(t) > 6 for t in x_text)
+    ax.set_xticks(np.arange(len(x_text)))
+    ax.set_xticklabels(x_text, rotation=45 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_yticks(np.arange(len(y_text)))
+    ax.set_yticklabels(y_text)
+
+
+def row_fractions(confusion: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum; all-zero rows stay zero (no warnings)."""
+    confusion = np.asarray(confusion, np.float64)
+    totals = confusion.sum(axis=1, keepdims=True)
+    return np.divide(confusion, totals, out=np.zeros_like(confusion), where=totals > 0)
+
+
+def plot_confusion_matrix(
+    confusion: np.ndarray,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
+    normalize: bool = True,
+) -> pathlib.Path:
+    """Confusion-matrix heat map with raw counts annotated in each cell.
+
+    Args:
+        confusion: `[C, C]` counts; rows are true classes, columns predicted.
+        class_names: C names for the tick labels (long names are truncated).
+        path: Where to write the PNG.
+        title: Axes title.
+        normalize: Colour by row-normalised fraction (else by raw count).
+
+    Returns:
+        `path` as a `pathlib.Path`.
+    """
+    confusion = np.asarray(confusion)
+    n = len(class_names)
+    if confusion.shape != (n, n):
+        raise ValueError(f"confusion shape {confusion.shape} does not match {n} class names")
+    colour = row_fractions(confusion) if normalize else confusion.astype(np.float64)
+    vmax = 1.0 if normalize else float(max(colour.max(initial=0.0), 1.0))
+    side = max(4.0, 0.6 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    image = _annotated_heatmap(ax, colour, confusion, vmax, "Blues", "equal")
+    fig.colorbar(image, ax=ax, label="fraction of true class" if normalize else "count")
+    _set_ticks(ax, class_names, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_class_counts(
+    counts: pd.DataFrame, path: str | os.PathLike, title: str = ""
+) -> pathlib.Path:
+    """Client x class heat map of a partition's example counts.
+
+    Args:
+        counts: Rows = clients (index = client labels), columns = classes,
+            values = example counts.
+        path: Where to write the PNG.
+        title: Axes title.
+
+    Returns:
+        `path` as a `pathlib.Path`.
+    """
+    values = counts.fillna(0).to_numpy(dtype=np.float64)
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError(f"counts must be a non-empty clients x classes table, got {values.shape}")
+    num_clients, num_classes = values.shape
+    # Extra height leaves room for rotated (up to 24-character) class names.
+    fig, ax = plt.subplots(
+        figsize=(max(4.0, 0.6 * num_classes + 2.5), max(3.5, 0.45 * num_clients + 3.0))
+    )
+    vmax = float(max(values.max(), 1.0))
+    image = _annotated_heatmap(ax, values, values, vmax, "Greens", "auto")
+    fig.colorbar(image, ax=ax, label="examples")
+    _set_ticks(ax, list(counts.columns), list(counts.index))
+    ax.set_xlabel("class")
+    ax.set_ylabel("client")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)

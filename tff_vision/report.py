@@ -1,0 +1,490 @@
+"""Tables and plots of a sweep (see `tff_vision.sweep`): a row per finished cell, seed means.
+
+Design
+------
+A cell counts once its run wrote ``summary.json`` (last, atomically). For each
+such cell, ``flags.json`` says what ran (partition, algorithm, model, seed; the
+sweep.json record fills in if it is missing) and ``summary.json`` gives the
+federated model's final test metrics; `load_cells` puts them into a DataFrame
+with one row per cell. Unfinished cells are left out and counted in a note.
+
+`aggregate` groups that frame by (model, partition, algorithm) with pandas and
+gives n, mean and standard deviation (``ddof=1``; undefined, so not shown, for
+a single seed) of every metric. `results_table` lays the aggregate out with one
+row per (model, partition) and one column group per algorithm, and names the
+best algorithm of each row by the chosen metric (highest accuracy or AUC,
+lowest loss; ties all count). Rows, columns and bars follow the grid's order as
+recorded in sweep.json (partitions as first given), not alphabetical order.
+
+`write_report` writes everything into ``<sweep_dir>/report/``:
+
+    cells.csv             one row per finished cell
+    aggregate.csv         n / mean / std per (model, partition, algorithm), numeric
+    table.csv, table.md   "mean ± std" cells, best algorithm per row (column / bold)
+    accuracy_vs_alpha.png dirichlet:ALPHA cells: metric vs alpha (log x), a line per algorithm
+    accuracy_vs_k.png     classes:K cells: metric vs K
+    algorithms.png        grouped bars: partition x algorithm, std error bars
+    partitions/<p>.png    client x class counts of each partition (first seed's partition.csv)
+
+(the ``accuracy`` in plot names is the metric's short name, e.g. ``auc_vs_alpha.png``
+for ``--metric=test_auc``). A plot whose cells are absent is skipped with a
+note. Every file is written atomically. No TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tff_vision import partition as partition_lib
+from tff_vision import plots, sweep
+
+plt = plots.plt  # pyplot with the non-interactive backend that `plots` selects.
+
+# Metric -> (display name, True if higher is better).
+METRICS = {
+    "test_accuracy": ("accuracy", True),
+    "test_auc": ("AUC", True),
+    "test_loss": ("loss", False),
+}
+REPORT_DIR = "report"
+CELL_COLUMNS = (
+    "name",
+    "partition",
+    "algorithm",
+    "model",
+    "seed",
+    "test_accuracy",
+    "test_auc",
+    "test_loss",
+    "rounds",
+    "wall_seconds",
+)
+_TABLE_METRICS = ("test_accuracy", "test_auc")
+_MISSING = "–"
+
+
+class ReportError(ValueError):
+    """A report that cannot be made; the message is one line naming the problem and the fix."""
+
+
+@dataclasses.dataclass
+class Report:
+    """What `write_report` produced."""
+
+    cells: pd.DataFrame
+    aggregate: pd.DataFrame
+    table: pd.DataFrame
+    markdown: str
+    files: list[pathlib.Path]
+    notes: list[str]
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ReportError(f"unknown metric {metric!r}; use one of: {', '.join(METRICS)}")
+
+
+def _short(metric: str) -> str:
+    return metric.removeprefix("test_")
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+def _known_cells(sweep_dir: pathlib.Path) -> list[tuple[pathlib.Path, dict[str, Any]]]:
+    """(output dir, sweep.json record or {}) of every cell: recorded ones first, in order."""
+    state = sweep.SweepState.load(sweep_dir)
+    found = {}
+    for record in state.records.values():
+        found[sweep_dir / sweep.CELLS_DIR / record["name"]] = record
+    cells_dir = sweep_dir / sweep.CELLS_DIR
+    if cells_dir.is_dir():
+        for path in sorted(cells_dir.iterdir()):
+            if path.is_dir() and path not in found:
+                found[path] = {}
+    return list(found.items())
+
+
+def load_cells(sweep_dir: os.PathLike | str) -> tuple[pd.DataFrame, list[str]]:
+    """Every finished cell of a sweep as one row (columns `CELL_COLUMNS`), plus notes.
+
+    Rows follow the sweep's cell order (sweep.json), then any unrecorded cell
+    directories by name.
+
+    Raises:
+        ReportError: If the sweep directory does not exist or sweep.json is unreadable.
+    """
+    sweep_dir = pathlib.Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ReportError(f"--sweep_dir={sweep_dir} does not exist; pass the directory of a sweep")
+    try:
+        known = _known_cells(sweep_dir)
+    except sweep.SweepError as e:
+        raise ReportError(str(e)) from None
+    rows, notes, unfinished = [], [], []
+    for out, record in known:
+        summary = sweep.read_json(out / "summary.json")
+        if summary is None:
+            if (out / "summary.json").exists():
+                notes.append(f"{out / 'summary.json'} is unreadable; that cell is left out")
+            else:
+                unfinished.append(out.name)
+            continue
+        flags = sweep.read_json(out / "flags.json") or {}
+        fed = summary.get("federated") or {}
+        row = {"name": out.name}
+        for key in ("partition", "algorithm", "model", "seed"):
+            row[key] = flags.get(key, record.get(key))
+        if any(row[k] is None for k in ("partition", "algorithm", "model", "seed")):
+            notes.append(f"{out} has no flags.json or sweep.json record; that cell is left out")
+            continue
+        row["seed"] = int(row["seed"])
+        for key in ("test_accuracy", "test_auc", "test_loss", "rounds"):
+            row[key] = fed.get(key)
+        row["wall_seconds"] = summary.get("wall_seconds")
+        rows.append(row)
+    if unfinished:
+        notes.append(
+            f"{len(unfinished)} cell(s) not finished (no summary.json), not in the report: "
+            + ", ".join(unfinished[:3])
+            + (", ..." if len(unfinished) > 3 else "")
+        )
+    frame = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
+    for column in ("test_accuracy", "test_auc", "test_loss", "rounds", "wall_seconds"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame, notes
+
+
+def grid_order(sweep_dir: os.PathLike | str, frame: pd.DataFrame) -> dict[str, list]:
+    """Order of partitions, algorithms, models and seeds: as in sweep.json, then as in `frame`."""
+    try:
+        recorded = sweep.SweepState.load(sweep_dir).cells()
+    except sweep.SweepError:
+        recorded = []
+    order = {}
+    for key in ("partition", "algorithm", "model", "seed"):
+        values = [getattr(c, key) for c in recorded] + frame[key].tolist()
+        order[key] = list(dict.fromkeys(values))
+    return order
+
+
+# ---------------------------------------------------------------------------
+# Aggregation and tables.
+
+
+def aggregate(frame: pd.DataFrame, order: dict[str, list] | None = None) -> pd.DataFrame:
+    """n, mean and std (ddof=1) over seeds per (model, partition, algorithm), as columns.
+
+    Columns: model, partition, algorithm, n, then ``<metric>_mean`` and
+    ``<metric>_std`` for each of `METRICS` (std is NaN for n = 1). Rows are in
+    `order` (default: first appearance in `frame`).
+    """
+    keys = ["model", "partition", "algorithm"]
+    spec = {"n": ("seed", "nunique")}
+    for metric in METRICS:
+        spec[f"{metric}_mean"] = (metric, "mean")
+        spec[f"{metric}_std"] = (metric, lambda s: s.std(ddof=1))
+    agg = frame.groupby(keys, sort=False).agg(**spec).reset_index()
+    order = order or {k: list(dict.fromkeys(frame[k])) for k in keys}
+    for key in keys:
+        agg[key] = pd.Categorical(agg[key], categories=order[key], ordered=True)
+    agg = agg.sort_values(keys, kind="stable").reset_index(drop=True)
+    for key in keys:
+        agg[key] = agg[key].astype(object)
+    return agg
+
+
+def _mean_std(mean: float, std: float) -> str:
+    if mean is None or not np.isfinite(mean):
+        return _MISSING
+    if std is None or not np.isfinite(std):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def _best(row_values: dict[str, float], higher: bool) -> list[str]:
+    finite = {k: v for k, v in row_values.items() if v is not None and np.isfinite(v)}
+    if not finite:
+        return []
+    target = max(finite.values()) if higher else min(finite.values())
+    return [k for k, v in finite.items() if math.isclose(v, target, rel_tol=0, abs_tol=1e-12)]
+
+
+def table_metrics(metric: str) -> list[str]:
+    """Metrics shown in the table: accuracy and AUC, plus `metric` if it is neither."""
+    return list(_TABLE_METRICS) + ([metric] if metric not in _TABLE_METRICS else [])
+
+
+def results_table(agg: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
+    """One row per (model, partition); per algorithm a "mean ± std" column per metric and n.
+
+    Columns: ``model``, ``partition``, then for each algorithm ``<algorithm>
+    <metric name>`` (e.g. ``fedavg accuracy``, ``fedavg AUC``) and
+    ``<algorithm> n``, then ``best``: the algorithm(s) with the best mean
+    `metric` in that row, comma-separated.
+    """
+    _check_metric(metric)
+    shown = table_metrics(metric)
+    higher = METRICS[metric][1]
+    algorithms = list(dict.fromkeys(agg["algorithm"]))
+    rows = []
+    for (model, part), group in agg.groupby(["model", "partition"], sort=False):
+        by_alg = {r["algorithm"]: r for _, r in group.iterrows()}
+        row: dict[str, Any] = {"model": model, "partition": part}
+        for alg in algorithms:
+            r = by_alg.get(alg)
+            for m in shown:
+                row[f"{alg} {METRICS[m][0]}"] = (
+                    _mean_std(r[f"{m}_mean"], r[f"{m}_std"]) if r is not None else _MISSING
+                )
+            row[f"{alg} n"] = int(r["n"]) if r is not None else 0
+        means = {a: by_alg[a][f"{metric}_mean"] for a in algorithms if a in by_alg}
+        row["best"] = ",".join(_best(means, higher))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table of `frame` (columns as header, index dropped)."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| " + " | ".join(cell(c) for c in frame.columns) + " |",
+        "|" + "|".join("---" for _ in frame.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join(lines)
+
+
+def markdown_report(table: pd.DataFrame, metric: str = "test_accuracy") -> str:
+    """The table as markdown: one block per model, algorithms as columns, best in bold.
+
+    Each cell reads ``accuracy / AUC (n=seeds)`` (plus the loss if that is the
+    metric), each as ``mean ± std`` over seeds (mean only for one seed).
+    """
+    shown = table_metrics(metric)
+    algorithms = [c[: -len(" n")] for c in table.columns if c.endswith(" n")]
+    names = " / ".join(f"test {METRICS[m][0]}" for m in shown)
+    better = "highest" if METRICS[metric][1] else "lowest"
+    blocks = [
+        (
+            f"Final {names} of the federated model, mean ± std over seeds (n = seeds); "
+            f"**bold**: {better} mean {METRICS[metric][0]} in the row."
+        )
+    ]
+    for model, group in table.groupby("model", sort=False):
+        display = pd.DataFrame({"partition": group["partition"].tolist()})
+        for alg in algorithms:
+            texts = []
+            for _, row in group.iterrows():
+                if not row[f"{alg} n"]:
+                    texts.append(_MISSING)
+                    continue
+                text = " / ".join(row[f"{alg} {METRICS[m][0]}"] for m in shown)
+                text = f"{text} (n={row[f'{alg} n']})"
+                texts.append(f"**{text}**" if alg in row["best"].split(",") else text)
+            display[alg] = texts
+        blocks.append(f"### model: {model}\n\n{to_markdown(display)}")
+    return "\n\n".join(blocks) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Plots.
+
+
+def _series_label(algorithm: str, model: str, several_models: bool) -> str:
+    return f"{algorithm} ({model})" if several_models else str(algorithm)
+
+
+def _with_parameter(agg: pd.DataFrame, kind: str) -> pd.DataFrame:
+    params = []
+    for spec in agg["partition"]:
+        name, param = partition_lib.parse_spec(spec)
+        params.append(param if name == kind else None)
+    out = agg.assign(param=params)
+    return out[out["param"].notna()]
+
+
+def plot_vs_parameter(
+    agg: pd.DataFrame, kind: str, metric: str, path: os.PathLike | str, xlabel: str, log_x: bool
+) -> pathlib.Path | None:
+    """Mean ± std of `metric` against the parameter of `kind` partitions; None if there are none."""
+    cells = _with_parameter(agg, kind)
+    if cells.empty:
+        return None
+    several = agg["model"].nunique() > 1
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for (alg, model), group in cells.groupby(["algorithm", "model"], sort=False):
+        group = group.sort_values("param")
+        ax.errorbar(
+            group["param"].astype(float),
+            group[f"{metric}_mean"],
+            yerr=group[f"{metric}_std"].fillna(0.0),
+            marker="o",
+            capsize=3,
+            linewidth=1.4,
+            label=_series_label(alg, model, several),
+        )
+    values = sorted(cells["param"].astype(float).unique())
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xticks(values)
+    ax.set_xticklabels([f"{v:g}" for v in values])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"test {METRICS[metric][0]}")
+    ax.set_title(f"test {METRICS[metric][0]} vs {xlabel} (mean ± std over seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return plots.save_figure(fig, path)
+
+
+def plot_algorithms(agg: pd.DataFrame, metric: str, path: os.PathLike | str) -> pathlib.Path:
+    """Grouped bars: one group per partition, one bar per algorithm (and model), std error bars."""
+    partitions = list(dict.fromkeys(agg["partition"]))
+    several = agg["model"].nunique() > 1
+    series = list(dict.fromkeys(zip(agg["algorithm"], agg["model"])))
+    width = 0.8 / len(series)
+    x = np.arange(len(partitions))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(partitions) * max(1, len(series) / 2)), 4.2))
+    for i, (alg, model) in enumerate(series):
+        group = agg[(agg["algorithm"] == alg) & (agg["model"] == model)].set_index("partition")
+        means = [group[f"{metric}_mean"].get(p, np.nan) for p in partitions]
+        stds = [group[f"{metric}_std"].get(p, np.nan) for p in partitions]
+        ax.bar(
+            x - 0.4 + width * (i + 0.5),
+            means,
+            width,
+            yerr=np.nan_to_num(np.asarray(stds, dtype=float)),
+            capsize=3,
+            label=_series_label(alg, model, several),
+        )
+    ax.set_xticks(x)
+    rotate = len(partitions) > 4
+    ax.set_xticklabels(partitions, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_ylabel(f"test {METRICS[metric][0]}")
+    if metric != "test_loss":
+        ax.set_ylim(0.0, 1.0)
+    ax.set_title(f"test {METRICS[metric][0]} by partition and algorithm (mean ± std over seeds)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return plots.save_figure(fig, path)
+
+
+def read_partition_counts(path: os.PathLike | str) -> pd.DataFrame:
+    """A run's partition.csv as a clients x classes count table (the totals dropped)."""
+    counts = pd.read_csv(path, index_col=0, dtype={0: str})
+    counts.index = counts.index.astype(str)
+    counts.columns = counts.columns.astype(str)
+    return counts.drop(index="total", columns="total", errors="ignore")
+
+
+def plot_partitions(
+    sweep_dir: os.PathLike | str, order: dict[str, list], out_dir: os.PathLike | str
+) -> tuple[list[pathlib.Path], list[str]]:
+    """Client x class heat map per partition from its first seed's partition.csv; (files, notes)."""
+    sweep_dir, out_dir = pathlib.Path(sweep_dir), pathlib.Path(out_dir)
+    candidates: dict[str, list[tuple[int, pathlib.Path]]] = {}
+    for out, record in _known_cells(sweep_dir):
+        flags = sweep.read_json(out / "flags.json") or record
+        if "partition" in flags and "seed" in flags:
+            candidates.setdefault(flags["partition"], []).append((int(flags["seed"]), out))
+    files, notes = [], []
+    for part in order["partition"]:
+        found = [
+            (seed, out / "partition.csv")
+            for seed, out in sorted(candidates.get(part, []), key=lambda c: c[0])
+            if (out / "partition.csv").exists()
+        ]
+        if not found:
+            notes.append(f"no partition.csv for {part}; skipped its heat map")
+            continue
+        seed, csv = found[0]
+        path = out_dir / f"{sweep.name_component(part, partition=True)}.png"
+        plots.plot_class_counts(read_partition_counts(csv), path, title=f"{part} (seed {seed})")
+        files.append(path)
+    return files, notes
+
+
+# ---------------------------------------------------------------------------
+# Everything.
+
+
+def _write_text_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_report(sweep_dir: os.PathLike | str, metric: str = "test_accuracy") -> Report:
+    """Writes tables and plots of a sweep into ``<sweep_dir>/report/``.
+
+    Raises:
+        ReportError: For an unknown metric, a missing sweep directory, or no finished cell.
+    """
+    _check_metric(metric)
+    sweep_dir = pathlib.Path(sweep_dir)
+    frame, notes = load_cells(sweep_dir)
+    if frame.empty:
+        raise ReportError(
+            f"no finished cell (with summary.json) in {sweep_dir / sweep.CELLS_DIR}; "
+            "run the sweep first: python -m experiments.sweep --sweep_dir=... --partitions=..."
+        )
+    order = grid_order(sweep_dir, frame)
+    agg = aggregate(frame, order)
+    table = results_table(agg, metric)
+    markdown = markdown_report(table, metric)
+    out = sweep_dir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, value in (
+        ("cells.csv", frame.to_csv(index=False)),
+        ("aggregate.csv", agg.to_csv(index=False)),
+        ("table.csv", table.to_csv(index=False)),
+        ("table.md", markdown),
+    ):
+        _write_text_atomic(out / name, value)
+        files.append(out / name)
+    short = _short(metric)
+    for kind, stem, xlabel, log_x in (
+        ("dirichlet", "alpha", "Dirichlet alpha", True),
+        ("classes", "k", "classes per client k", False),
+    ):
+        path = out / f"{short}_vs_{stem}.png"
+        if plot_vs_parameter(agg, kind, metric, path, xlabel, log_x) is None:
+            notes.append(f"no finished {kind}: cells; skipped {path.name}")
+            path.unlink(missing_ok=True)  # A stale plot from an earlier report would mislead.
+        else:
+            files.append(path)
+    files.append(plot_algorithms(agg, metric, out / "algorithms.png"))
+    heat_maps, heat_notes = plot_partitions(sweep_dir, order, out / "partitions")
+    files += heat_maps
+    notes += heat_notes
+    return Report(frame, agg, table, markdown, files, notes)
+
+
+def describe_files(files: Sequence[pathlib.Path], root: pathlib.Path) -> str:
+    """``wrote report/table.csv, ...`` relative to `root`."""
+    names = []
+    for path in files:
+        try:
+            names.append(str(path.relative_to(root)))
+        except ValueError:
+            names.append(str(path))
+    return "wrote " + ", ".join(names)
