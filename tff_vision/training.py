@@ -16,6 +16,7 @@ number of passes), checkpointing model and optimizer with `tf.train`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -65,6 +66,20 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _run_coroutine(coroutine):
+    """`asyncio.run`, also from code already inside an event loop (e.g. a Jupyter kernel).
+
+    The `tff.program` managers are async; inside a running loop `asyncio.run`
+    refuses, so the coroutine then runs on a fresh loop in a helper thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def format_seconds(seconds: float) -> str:
@@ -173,11 +188,11 @@ class FederatedTrainer:
     def restore(self) -> tuple[Any, int]:
         """The latest saved state and its round, or the initial state and 0."""
         initial = self.initial_state()
-        versions = asyncio.run(self.state_manager.get_versions()) or []
+        versions = _run_coroutine(self.state_manager.get_versions()) or []
         if not versions:
             return initial, 0
         latest = max(versions)
-        return asyncio.run(self.state_manager.load(latest, initial)), latest
+        return _run_coroutine(self.state_manager.load(latest, initial)), latest
 
     def evaluate_state(self, state) -> evaluation.EvalResult:
         self.process.get_model_weights(state).assign_weights_to(self.eval_model)
@@ -188,7 +203,7 @@ class FederatedTrainer:
         state, done = self.restore()
         if done:
             self.printer(f"[federated] resuming after round {done} from {self.checkpoint_dir}")
-        progress = Progress("federated", self.rounds)
+        progress = Progress("federated", self.rounds, printer=self.printer)
         final_eval = None
         for round_num in range(done + 1, self.rounds + 1):
             t0 = time.monotonic()
@@ -202,8 +217,8 @@ class FederatedTrainer:
                 final_eval = self.evaluate_state(state)
                 row.update(final_eval.as_dict(prefix="eval_"))
             row["seconds"] = time.monotonic() - t0
-            asyncio.run(self._release(row, round_num))
-            asyncio.run(self.state_manager.save(state, round_num))
+            _run_coroutine(self._release(row, round_num))
+            _run_coroutine(self.state_manager.save(state, round_num))
             progress.update(round_num, row["seconds"], _progress_metrics(row))
         if final_eval is None:  # Nothing left to run: evaluate the restored final state.
             final_eval = self.evaluate_state(state)
@@ -266,7 +281,7 @@ def train_keras_baseline(
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         printer(f"[{name}] resuming after round {int(done.numpy())}")
     resumed = int(done.numpy())
-    progress = Progress(name, rounds)
+    progress = Progress(name, rounds, printer=printer)
     for round_num in range(resumed + 1, rounds + 1):
         t0 = time.monotonic()
         if learning_rate_fn is not None:

@@ -1,0 +1,183 @@
+"""The notebooks in notebooks/ run end to end, with small parameters, against the library.
+
+Each notebook is read, a cell with small parameters is inserted after its
+`parameters` cell (papermill style: the injected values override the defaults)
+and every cell runs in a real Jupyter kernel via nbclient. The committed
+notebooks are never written: they are checked byte for byte after the run. A
+library change that breaks a notebook (a renamed function, a changed summary
+key) fails here. Each run also checks that no TFF `worker_binary` survives:
+none owned by the still-running kernel after the last cell (`run_experiment`
+must shut down the worker it starts), none owned by any of the sweep's cell
+processes.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import pathlib
+import sys
+
+import nbformat
+import psutil
+from absl.testing import absltest
+from nbclient import NotebookClient
+
+from tff_vision import runtime
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_NOTEBOOKS = _ROOT / "notebooks"
+_SHARED = _ROOT.parent / "shared" / "medmnist"
+_CELL_TIMEOUT_S = 600
+
+
+def _parameter_names(cell) -> set[str]:
+    """Names the `parameters` cell assigns."""
+    names = set()
+    for node in ast.parse(cell.source).body:
+        if isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def _outputs_text(cell) -> str:
+    """Everything a code cell showed: streams, text and markdown reprs, errors."""
+    parts = []
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type in ("display_data", "execute_result"):
+            data = output.get("data", {})
+            parts.append(data.get("text/markdown", ""))
+            parts.append(data.get("text/plain", ""))
+        elif output.output_type == "error":
+            parts.append("\n".join(output.traceback))
+    return "\n".join(parts)
+
+
+class NotebookTest(absltest.TestCase):
+    def setUp(self):
+        super().setUp()
+        if not (_SHARED / "retinamnist.npz").exists():
+            self.skipTest(f"real MedMNIST file {_SHARED / 'retinamnist.npz'} not present")
+        try:
+            import IPython  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+        except ImportError as e:
+            self.fail(
+                f"IPython cannot be imported in this environment ({e}); no Jupyter kernel can "
+                "start, so the notebooks cannot run"
+            )
+        self.tmp = pathlib.Path(self.create_tempdir().full_path)
+        # Only RetinaMNIST here, so the notebooks take their RetinaMNIST path even where
+        # ../shared/medmnist holds more.
+        self.data_dir = self.tmp / "data"
+        self.data_dir.mkdir()
+        (self.data_dir / "retinamnist.npz").symlink_to(_SHARED / "retinamnist.npz")
+
+    def run_notebook(self, name: str, **parameters) -> list:
+        """Runs notebooks/`name` with `parameters` injected; returns its code cells, executed."""
+        path = _NOTEBOOKS / name
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        nb = nbformat.read(path, as_version=4)
+        tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+        self.assertLen(tagged, 1, msg=f"{name} needs exactly one cell tagged 'parameters'")
+        unknown = set(parameters) - _parameter_names(nb.cells[tagged[0]])
+        self.assertEmpty(unknown, msg=f"not parameters of {name}")
+        injected = nbformat.v4.new_code_cell(
+            "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
+        )
+        injected.metadata["tags"] = ["injected-parameters"]
+        nb.cells.insert(tagged[0] + 1, injected)
+
+        client = NotebookClient(
+            nb,
+            timeout=_CELL_TIMEOUT_S,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(_NOTEBOOKS)}},
+        )
+        with client.setup_kernel():
+            kernel_pid = client.km.provisioner.pid
+            self.assertEqual(
+                psutil.Process(kernel_pid).cmdline()[0],
+                sys.executable,
+                msg="the python3 kernel must run this environment's interpreter",
+            )
+            for index, cell in enumerate(nb.cells):
+                client.execute_cell(cell, index)  # Raises CellExecutionError on any error.
+            # The kernel is still alive, so a worker it started and did not stop would still
+            # be running (workers die with their parent). Workers are matched by owner pid, not
+            # by a global before/after diff, which other processes' workers would disturb.
+            self.assertEqual(
+                runtime.find_workers(owner_pid=kernel_pid), [], msg="TFF workers left running"
+            )
+        self.assertEqual(runtime.find_workers(owner_pid=kernel_pid), [])
+        self.assertEqual(
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+            digest,
+            msg=f"{path} was modified by the test",
+        )
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        for cell in code:
+            self.assertNotIn("Traceback", _outputs_text(cell))
+        return code
+
+    def test_octmnist_three_hospitals(self):
+        out = self.tmp / "run"
+        cells = self.run_notebook(
+            "octmnist_three_hospitals.ipynb",
+            MODEL="cnn",
+            ROUNDS=2,
+            OUTPUT_DIR=str(out),
+            DATA_DIR=str(self.data_dir),
+        )
+        text = "\n".join(_outputs_text(c) for c in cells)
+        self.assertIn("used dataset: retinamnist", text)
+        self.assertIn("**Dataset used: retinamnist**", text)
+        self.assertIn('exclude="1;2;3"', text)
+        self.assertIn("results on retinamnist, cnn, 2 rounds:", text)
+        for row in ("local-only, hospital 0", "local-only, hospital 2", "FedAvg (2 rounds)"):
+            self.assertIn(row, text)
+        self.assertIn("reference accuracy (OCTMNIST)", text)
+        self.assertIn("FedAvg - local-only", text)
+        self.assertIn("TFF workers left running by this kernel: 0", text)
+        html = "\n".join(
+            o.get("data", {}).get("text/html", "") for c in cells for o in c.get("outputs", [])
+        )
+        self.assertIn("0.771", html)  # The quoted FedAvg reference figure, next to the measured.
+        images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        self.assertLen(images, 3)  # Confusion matrix, partition, curves.
+        self.assertTrue((out / "retinamnist" / "summary.json").exists())
+
+    def test_noniid_ablation_runs_a_small_sweep(self):
+        sweep_dir = self.tmp / "sweep"
+        cells = self.run_notebook(
+            "noniid_ablation.ipynb",
+            SWEEP_DIR=str(sweep_dir),
+            RUN_SWEEP_IF_MISSING=True,
+            PARTITIONS=["iid", "label_exclusion"],
+            ALGORITHMS=["fedavg"],
+            MODELS=["cnn"],
+            SEEDS=[0],
+            RUN_FLAGS={"dataset": "retinamnist", "rounds": 1, "num_clients": 3},
+            DATA_DIR=str(self.data_dir),
+        )
+        text = "\n".join(_outputs_text(c) for c in cells)
+        self.assertIn("[cells 2/2]", text)
+        self.assertIn("### model: cnn", text)
+        self.assertRegex(text, r"\| iid \| \*\*\d\.\d{3} / \d\.\d{3} \(n=1\)\*\* \|")
+        self.assertIn("| label_exclusion |", text)
+        self.assertIn("note: no finished dirichlet: cells; skipped", text)
+        images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        self.assertLen(images, 3)  # algorithms.png and one heat map per partition.
+        self.assertTrue((sweep_dir / "report" / "table.md").exists())
+        # Every cell ran as its own process: none may have left a worker behind.
+        records = json.loads((sweep_dir / "sweep.json").read_text())["cells"]
+        self.assertLen(records, 2)
+        for record in records:
+            self.assertEqual(record["status"], "done", record)
+            self.assertEqual(runtime.find_workers(owner_pid=record["pid"]), [], record)
+
+
+if __name__ == "__main__":
+    absltest.main()
