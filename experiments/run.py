@@ -218,6 +218,20 @@ flags.DEFINE_list(
     [],
     f"Comma-separated baselines trained in the same run: {', '.join(experiment.BASELINES)}.",
 )
+flags.DEFINE_list(
+    "workers",
+    [],
+    "Comma-separated host:port of TFF executor services (worker_binary) to spread each round's "
+    "clients over; results equal a single-worker run. WARNING: they speak unauthenticated gRPC, "
+    "so use loopback, an SSH tunnel or a private network (see README).",
+)
+flags.DEFINE_integer(
+    "local_workers",
+    _DEFAULTS.local_workers,
+    "Start this many TFF worker services on 127.0.0.1 and spread each round's clients over "
+    "them (0 = one in-process local context).",
+    lower_bound=0,
+)
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for partition, initialization and data order.")
 flags.DEFINE_string("output_dir", None, "Where results and checkpoints go (required).")
 
@@ -235,6 +249,7 @@ def config_from_flags() -> experiment.ExperimentConfig:
     values = FLAGS.flag_values_dict()
     values["output_dir"] = values["output_dir"] or ""
     values["baselines"] = tuple(dict.fromkeys(values["baselines"]))
+    values["workers"] = tuple(values["workers"])
     return experiment.config_from_dict(values)
 
 
@@ -249,6 +264,9 @@ def main(argv: list[str]) -> None:
         fail(str(e))
     try:
         experiment.run_setup(setup)
+    except (experiment.ConfigError, runtime.RuntimeSetupError) as e:  # E.g. a worker not up.
+        runtime.shutdown()
+        fail(str(e))
     except KeyboardInterrupt:
         runtime.shutdown()
         print(

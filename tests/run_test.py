@@ -143,9 +143,7 @@ class RunnerTest(parameterized.TestCase):
         self.assertTrue((metrics["train_examples"] == 1080).all())
 
         # Progress lines on the terminal: round, loss, accuracy, s/round, ETA.
-        self.assertRegex(
-            result.stdout, r"\[federated\] round 4/4 .*loss .*acc .*s/round .*ETA"
-        )
+        self.assertRegex(result.stdout, r"\[federated\] round 4/4 .*loss .*acc .*s/round .*ETA")
         self.assertIn("centralized", result.stdout)
         self.assertNotIn("Traceback", result.stderr)
 
@@ -193,6 +191,21 @@ class RunnerTest(parameterized.TestCase):
         pd.testing.assert_frame_equal(
             _comparable_metrics(out), _comparable_metrics(self.reference_dir)
         )
+
+    def test_two_local_workers_give_the_single_worker_results(self):
+        out = self.tmp / "two_workers"
+        result = _run(*_BASE_FLAGS, "--baselines=", "--local_workers=2", f"--output_dir={out}")
+        self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
+        self.assertIn("TFF workers: 127.0.0.1:", result.stdout)
+        self.assertEqual(
+            sorted(p.name for p in out.glob("worker_*.log")), ["worker_0.log", "worker_1.log"]
+        )
+        summary = json.loads((out / "summary.json").read_text())
+        reference = _results(self.reference_dir)["federated"]
+        for key in ("test_accuracy", "test_auc"):
+            self.assertAlmostEqual(summary["federated"][key], reference[key], places=4)
+        metrics, expected = _comparable_metrics(out), _comparable_metrics(self.reference_dir)
+        pd.testing.assert_frame_equal(metrics, expected, atol=1e-4, rtol=1e-4)
 
     def test_interrupt_exits_130_and_leaves_no_worker(self):
         out = self.tmp / "interrupted"
@@ -258,6 +271,18 @@ class BadInputTest(parameterized.TestCase):
         ("corrupt_file", dict(data_dir="{tmp}/corrupt"), "md5"),
         ("unwritable_output_dir", dict(output_dir="{tmp}/a_file/out"), "output_dir"),
         ("bad_lr", dict(client_lr=-1), "client_lr"),
+        ("bad_worker_address", dict(workers="localhost"), "host:port"),
+        (
+            "scaffold_on_workers",
+            dict(
+                algorithm="scaffold",
+                client_optimizer="sgd",
+                client_momentum=0,
+                client_lr_schedule="constant",
+                local_workers=2,
+            ),
+            "--local_workers",
+        ),
     )
     def test_one_line_error_exit_2(self, overrides, expected):
         overrides = {k: str(v).format(tmp=self.tmp) for k, v in overrides.items()}

@@ -85,9 +85,12 @@ class ExperimentConfig:
     baselines: tuple[str, ...] = ()
     seed: int = 0
     output_dir: str = ""
+    # Where TFF runs: remote executor services, or N started on loopback (0: one local context).
+    workers: tuple[str, ...] = ()
+    local_workers: int = 0
 
     # Settings that do not change results: a resumed run may differ in these.
-    NON_RESULT_FIELDS = ("data_dir", "output_dir")
+    NON_RESULT_FIELDS = ("data_dir", "output_dir", "workers", "local_workers")
 
     def result_fields(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
@@ -113,6 +116,17 @@ class ExperimentConfig:
             f"--clients_per_round must be >= 0 (0 = all), got {self.clients_per_round}",
         )
         _check(self.eval_every >= 1, f"--eval_every must be >= 1, got {self.eval_every}")
+        _check(self.local_workers >= 0, f"--local_workers must be >= 0, got {self.local_workers}")
+        _check(
+            not (self.workers and self.local_workers),
+            "--workers and --local_workers exclude each other; give one of them",
+        )
+        for target in self.workers:
+            host, _, port = target.rpartition(":")
+            _check(
+                bool(host) and port.isdigit() and 0 < int(port) < 65536,
+                f"bad --workers entry {target!r}; use host:port, e.g. 127.0.0.1:8000",
+            )
         if data_lib.is_tfds(self.dataset):
             low, high = data_lib.TFDS_SIZE_RANGE
             _check(low <= self.size <= high, f"--size must be in {low}..{high} for tfds: sets")
@@ -126,6 +140,13 @@ class ExperimentConfig:
         _one_of("--norm", self.norm, models.NORMS)
         _one_of("--stem", self.stem, models.STEMS)
         _one_of("--algorithm", self.algorithm, algorithms.ALGORITHMS)
+        if (self.workers or self.local_workers) and algorithms.ALGORITHM_INFO[
+            self.algorithm
+        ].indexed_clients:
+            raise ConfigError(
+                f"--algorithm={self.algorithm} keeps per-client state on the server and runs on "
+                "one TFF worker; drop --workers/--local_workers"
+            )
         _one_of("--augment", self.augment, client_data.AUGMENTATIONS)
         _one_of("--client_optimizer", self.client_optimizer, algorithms.OPTIMIZERS)
         _one_of("--server_optimizer", self.server_optimizer, algorithms.OPTIMIZERS)
@@ -466,7 +487,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
     else:
         evaluate_federated = evaluate
 
-    runtime.start_local_context(log_path=out / "worker.log")
+    _start_execution_context(config, out, printer)
     try:
         process = algorithms.build_process(
             config.algorithm,
@@ -480,6 +501,8 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
             client_momentum=config.client_momentum,
             num_clients=config.num_clients,
         )
+        if config.workers or config.local_workers:
+            _check_mergeable(config.algorithm, process.next)
         eval_model = build_keras()
         trainer = training.FederatedTrainer(
             process,
@@ -691,6 +714,36 @@ class RoundData:
         if self.indexed:
             return int(client_id), dataset
         return dataset
+
+
+def _start_execution_context(
+    config: ExperimentConfig, out: pathlib.Path, printer: Callable[[str], None]
+) -> None:
+    """TFF's execution context for the run: one local worker, or several (--workers...)."""
+    from tff_vision import runtime  # pylint: disable=g-import-not-at-top
+
+    if config.local_workers:
+        workers = runtime.start_local_multi_worker_context(config.local_workers, log_dir=out)
+        printer(f"TFF workers: {', '.join(w.target for w in workers)} (local, loopback)")
+    elif config.workers:
+        runtime.start_multi_worker_context(config.workers)
+        printer(f"TFF workers: {', '.join(config.workers)} (remote, unauthenticated gRPC)")
+    else:
+        runtime.start_local_context(log_path=out / "worker.log")
+
+
+def _check_mergeable(algorithm: str, computation) -> None:
+    """Raises `ConfigError` if `computation` cannot be split over several workers."""
+    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+    try:
+        tff.backends.native.compile_to_mergeable_comp_form(computation)
+    except ValueError as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"--algorithm={algorithm} cannot be split over workers ({reason}); "
+            "run it without --workers/--local_workers"
+        ) from e
 
 
 def _with_epsilon(evaluate, accounting, data: RoundData, rounds: int):

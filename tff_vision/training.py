@@ -272,8 +272,8 @@ def train_keras_baseline(
     """
     from tff_vision.algorithms import keras_model  # pylint: disable=g-import-not-at-top
 
-    model.compile(optimizer=optimizer, loss=keras_model.loss(), metrics=["accuracy"])
     optimizer.build(model.trainable_variables)
+    train_epoch = _epoch_trainer(model, optimizer, keras_model.loss())
     done = tf.Variable(0, dtype=tf.int64, name="round")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, round=done)
     manager = tf.train.CheckpointManager(checkpoint, os.fspath(checkpoint_dir), max_to_keep=2)
@@ -286,15 +286,45 @@ def train_keras_baseline(
         t0 = time.monotonic()
         if learning_rate_fn is not None:
             optimizer.learning_rate = float(learning_rate_fn(round_num - 1))
-        history = model.fit(round_dataset(round_num), epochs=1, verbose=0)
+        loss_sum, correct, count = (float(v) for v in train_epoch(round_dataset(round_num)))
         done.assign(round_num)
         manager.save(checkpoint_number=round_num)
         progress.update(
             round_num,
             time.monotonic() - t0,
-            {"loss": history.history["loss"][-1], "acc": history.history["accuracy"][-1]},
+            {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1)},
         )
     return resumed
+
+
+def _epoch_trainer(model: tf.keras.Model, optimizer, loss_fn: tf.keras.losses.Loss):
+    """A `tf.function` running one pass of `model` over a dataset of `(images, labels)` batches.
+
+    Each batch takes one optimizer step on the batch-mean loss, as `keras.Model.fit` would
+    (and as TFF clients do); the whole pass is one traced loop, so a round costs no per-call
+    setup (`fit` spends about 2 s on that for ResNet-18 here). Returns `(sum of example
+    losses, correct predictions, examples)`, as float64 scalars.
+    """
+
+    @tf.function
+    def train_epoch(dataset: tf.data.Dataset):
+        totals = (tf.constant(0.0, tf.float64),) * 3
+        for images, labels in dataset:
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                loss = loss_fn(labels, logits)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            n = tf.cast(tf.shape(labels)[0], tf.float64)
+            hits = tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels)
+            totals = (
+                totals[0] + tf.cast(loss, tf.float64) * n,
+                totals[1] + tf.reduce_sum(tf.cast(hits, tf.float64)),
+                totals[2] + n,
+            )
+        return totals
+
+    return train_epoch
 
 
 def keras_optimizer(name: str, learning_rate: float, momentum: float = 0.0):
@@ -313,4 +343,3 @@ def keras_optimizer(name: str, learning_rate: float, momentum: float = 0.0):
 def client_round_datasets(data, client_id: str) -> Callable[[int], tf.data.Dataset]:
     """`round -> dataset` for a local-only baseline of `client_id`."""
     return lambda round_num: data.round_dataset(client_id, round_num)
-
