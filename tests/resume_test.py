@@ -1,0 +1,110 @@
+"""Stopped and resumed runs end exactly where uninterrupted ones do, for every stateful algorithm.
+
+SCAFFOLD (control variates), FedOpt (server Adam moments), FedBN (per-client
+BatchNorm tables) and DP-FedAvg with adaptive clipping (clip-norm estimate,
+noise seed) keep state beyond the model weights. Each case runs an
+experiment to the end, then the same experiment again in a new directory,
+stopped right after round 2 is checkpointed (the runner's Ctrl-C path:
+KeyboardInterrupt), and rerun. Metrics of every round and the final summary
+must match exactly. run_test.py covers SIGKILL of the runner process itself.
+"""
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+import pandas as pd
+from absl.testing import absltest, parameterized
+
+from tff_vision import experiment, runtime
+
+_SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "medmnist"
+_ROUNDS = 4
+_STOP_AFTER = 2
+_COMMON = dict(
+    dataset="retinamnist",
+    data_dir=str(_SHARED),
+    model="cnn",
+    partition="label_exclusion",
+    num_clients=3,
+    exclude="1;2;3",
+    rounds=_ROUNDS,
+    eval_every=1,
+    batch_size=32,
+    local_steps=4,
+    client_optimizer="sgd",
+    client_lr=0.05,
+    client_lr_schedule="constant",
+)
+_TIMING = ["round_seconds", "seconds"]
+
+CASES = {
+    "scaffold": dict(algorithm="scaffold", client_momentum=0.0, clients_per_round=2),
+    "fedadam": dict(algorithm="fedadam", server_lr=0.01),
+    "fedbn": dict(algorithm="fedbn", norm="batch"),
+    "dp_adaptive_clip": dict(
+        algorithm="fedavg",
+        aggregator="dp",
+        dp_clip="adaptive",
+        dp_noise_multiplier=0.2,  # Adaptive clipping over 3 clients allows at most 0.3.
+    ),
+}
+
+
+class _Stop(KeyboardInterrupt):
+    pass
+
+
+def _stop_after_round(n):
+    def printer(line):
+        if line.startswith(f"[federated] round {n}/"):  # Printed after the round's checkpoint.
+            raise _Stop()
+
+    return printer
+
+
+class ResumeTest(parameterized.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix="tff_vision_resume_"))
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+        super().tearDownClass()
+
+    def _config(self, case, out):
+        return experiment.config_from_dict(dict(_COMMON, **CASES[case], output_dir=str(out)))
+
+    @parameterized.named_parameters((name, name) for name in CASES)
+    def test_stopped_run_resumes_exactly(self, case):
+        quiet = lambda _: None  # noqa: E731
+        full_dir, stopped_dir = self.tmp / f"{case}_full", self.tmp / f"{case}_stopped"
+        full = experiment.run_setup(experiment.setup(self._config(case, full_dir)), printer=quiet)
+
+        with self.assertRaises(_Stop):
+            experiment.run_setup(
+                experiment.setup(self._config(case, stopped_dir)),
+                printer=_stop_after_round(_STOP_AFTER),
+            )
+        self.assertEqual(runtime.find_workers(owner_pid=os.getpid()), [])
+        self.assertFalse((stopped_dir / "summary.json").exists())
+
+        lines = []
+        resumed = experiment.run_setup(
+            experiment.setup(self._config(case, stopped_dir)), printer=lines.append
+        )
+        self.assertIn(f"[federated] resuming after round {_STOP_AFTER}", "\n".join(lines))
+        self.assertEqual(resumed["resumed_from_round"], _STOP_AFTER)
+        for key in ("federated", "privacy", "confusion_matrix"):
+            self.assertEqual(resumed.get(key), full.get(key), msg=key)
+        pd.testing.assert_frame_equal(
+            pd.read_csv(stopped_dir / "metrics.csv").drop(columns=_TIMING),
+            pd.read_csv(full_dir / "metrics.csv").drop(columns=_TIMING),
+        )
+
+
+if __name__ == "__main__":
+    absltest.main()
