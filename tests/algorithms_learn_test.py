@@ -18,19 +18,10 @@ from absl.testing import absltest, parameterized
 from tff_vision import data as data_lib
 from tff_vision import experiment
 
-_SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "medmnist"
+import fl_testing
+
 _ROUNDS = 6
-_COMMON = dict(
-    dataset="retinamnist",
-    data_dir=str(_SHARED),
-    model="cnn",
-    partition="label_exclusion",
-    num_clients=3,
-    exclude="1;2;3",
-    rounds=_ROUNDS,
-    eval_every=_ROUNDS,
-    batch_size=32,
-)
+_COMMON = dict(fl_testing.RETINA_LABEL_EXCLUSION, rounds=_ROUNDS, eval_every=_ROUNDS)
 _ADAM = dict(client_optimizer="adam", client_lr=3e-3, client_lr_schedule="constant")
 # SCAFFOLD, FedNova and FedBN train clients with plain SGD at a constant rate.
 _SGD = dict(client_optimizer="sgd", client_lr=0.05, client_lr_schedule="constant")
@@ -54,7 +45,9 @@ class AlgorithmsLearnTest(parameterized.TestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix="tff_vision_algorithms_learn_"))
-        data = data_lib.load("retinamnist", 28, str(_SHARED), allow_download=False)
+        data = data_lib.load(
+            "retinamnist", 28, str(fl_testing.SHARED_MEDMNIST), allow_download=False
+        )
         train_labels = data.train.labels.reshape(-1)
         test_labels = data.test.labels.reshape(-1)
         commonest = np.bincount(train_labels).argmax()

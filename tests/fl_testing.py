@@ -11,6 +11,17 @@ import tensorflow as tf
 
 SHARED_MEDMNIST = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "medmnist"
 NUM_EXAMPLES = 96
+# The #2 reference setting for short runner-level experiments (tests add rounds etc.):
+# real RetinaMNIST, three hospitals lacking classes 1, 2 and 3, the small CNN.
+RETINA_LABEL_EXCLUSION = dict(
+    dataset="retinamnist",
+    data_dir=str(SHARED_MEDMNIST),
+    model="cnn",
+    partition="label_exclusion",
+    num_clients=3,
+    exclude="1;2;3",
+    batch_size=32,
+)
 
 
 def tiny_model(seed=0):

@@ -19,19 +19,14 @@ from absl.testing import absltest, parameterized
 
 from tff_vision import experiment, runtime
 
-_SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "medmnist"
+import fl_testing
+
 _ROUNDS = 4
 _STOP_AFTER = 2
 _COMMON = dict(
-    dataset="retinamnist",
-    data_dir=str(_SHARED),
-    model="cnn",
-    partition="label_exclusion",
-    num_clients=3,
-    exclude="1;2;3",
+    fl_testing.RETINA_LABEL_EXCLUSION,
     rounds=_ROUNDS,
     eval_every=1,
-    batch_size=32,
     local_steps=4,
     client_optimizer="sgd",
     client_lr=0.05,
