@@ -3,7 +3,8 @@
 Each case is one short experiment (small CNN, a few rounds) run in-process
 through `experiment.setup` / `experiment.run_setup`, exactly as the runner
 runs it, and must clearly beat chance on the test set: macro AUC well above
-0.5 and accuracy above always predicting the commonest training class.
+0.5, and accuracy no worse than always predicting the commonest training class
+(after a few rounds a small CNN may still predict mostly that class).
 The exact update rules are checked elsewhere (fedavg_test.py, scaffold_test.py, ...);
 this shows that each algorithm, wired into the runner, trains a real model.
 """
@@ -72,7 +73,6 @@ class AlgorithmsLearnTest(parameterized.TestCase):
         fed = summary["federated"]
         self.assertEqual(fed["rounds"], _ROUNDS)
         self.assertEqual(summary["algorithm"]["name"], algorithm)
-        print(f"{algorithm}: {fed}")
         self.assertGreater(fed["test_auc"], 0.6, msg=fed)  # Chance: 0.5.
         # A small CNN after a few rounds may still predict mostly the commonest class.
         self.assertGreaterEqual(fed["test_accuracy"], self.majority_accuracy, msg=fed)
