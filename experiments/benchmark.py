@@ -53,6 +53,12 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "worker_threads", None, "TF_NUM_INTRA/INTEROP_THREADS of the TFF workers (default: TF's)."
 )
+flags.DEFINE_enum(
+    "op_determinism",
+    "auto",
+    runtime.OP_DETERMINISM_MODES,
+    "TF op determinism for the Keras baseline and the TFF workers alike (auto: on with a GPU).",
+)
 
 FLAGS = flags.FLAGS
 
@@ -75,6 +81,7 @@ def config_from_flags() -> benchmark.BenchmarkConfig:
         batch_size=FLAGS.batch_size,
         max_concurrent_computation_calls=FLAGS.max_concurrent_calls,
         worker_threads=FLAGS.worker_threads,
+        op_determinism=FLAGS.op_determinism,
     )
     if FLAGS.models:
         unknown = [m for m in FLAGS.models if m not in models.MODEL_NAMES]
@@ -117,7 +124,8 @@ def main(argv: list[str]) -> None:
         runtime.shutdown()
     meta = result.meta
     print(
-        f"\n{meta['devices']}, load average {meta['load_average_start']} -> "
+        f"\n{meta['devices']}, op determinism {'on' if meta['op_determinism'] else 'off'}, "
+        f"load average {meta['load_average_start']} -> "
         f"{meta['load_average_end']}, {meta['seconds']:.0f}s"
     )
     print(result.table(), flush=True)

@@ -92,5 +92,40 @@ class WorkerCleanupTest(absltest.TestCase):
         self._kill_while_running(signal.SIGINT)
 
 
+class OpDeterminismTest(absltest.TestCase):
+    """`set_op_determinism` sets this process and the workers started after it alike."""
+
+    def tearDown(self):
+        runtime.shutdown()
+        runtime.set_op_determinism("auto")
+        super().tearDown()
+
+    def _worker_setting(self) -> str:
+        worker = runtime.LocalWorker()
+        try:
+            return psutil.Process(worker.process.pid).environ()["TF_DETERMINISTIC_OPS"]
+        finally:
+            worker.stop()
+
+    def test_on_and_off_reach_this_process_and_the_worker(self):
+        from tensorflow.python.framework import config  # pylint: disable=g-import-not-at-top
+
+        for mode, enabled, env_value in (("on", True, "1"), ("off", False, "0")):
+            with self.subTest(mode):
+                self.assertEqual(runtime.set_op_determinism(mode), enabled)
+                self.assertEqual(config.is_op_determinism_enabled(), enabled)
+                self.assertEqual(self._worker_setting(), env_value)
+
+    def test_auto_follows_the_gpu(self):
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+        has_gpu = bool(tf.config.list_physical_devices("GPU"))
+        self.assertEqual(runtime.set_op_determinism("auto"), has_gpu)
+
+    def test_unknown_mode_is_refused(self):
+        with self.assertRaisesRegex(ValueError, "auto, on, off"):
+            runtime.set_op_determinism("always")
+
+
 if __name__ == "__main__":
     absltest.main()

@@ -21,9 +21,9 @@
   sensitivity): they are plugged in, as TFF's `build_unweighted_fed_avg`
   does it, through `tff.aggregators.as_weighted_aggregator` (which ignores
   the weights) with `client_weighting=UNIFORM` where the builder takes one.
-  Noise: TF Privacy's queries draw it with unseeded random ops, which our
-  worker refuses (it runs with TF_DETERMINISTIC_OPS=1: "random ops must have
-  a seed specified"). The queries here are those same TF Privacy queries
+  Noise: TF Privacy's queries draw it with unseeded random ops, which make
+  runs irreproducible (and which op determinism refuses: "random ops must
+  have a seed specified"). The queries here are those same TF Privacy queries
   with only the noise draw replaced by `tf.random.stateless_normal` keyed
   by (`noise_seed`, round), the round counter kept in the aggregator state:
   DP runs are reproducible and resume exactly. (Fine for simulation; a
@@ -182,8 +182,8 @@ def build_aggregator(
         inner = tff.learning.secure_aggregator(zeroing=False, clipping=False, weighted=True)
         return Aggregator(name, SimulatedSecureFactory(inner))
     if name == "compression":
-        # Round to nearest: stochastic rounding draws unseeded random numbers, which the
-        # worker (TF_DETERMINISTIC_OPS=1) and the runner (op determinism) refuse.
+        # Round to nearest: stochastic rounding draws unseeded random numbers, which would
+        # make runs irreproducible (and which op determinism refuses).
         return Aggregator(
             name, tff.learning.compression_aggregator(weighted=True, stochastic=False)
         )

@@ -94,6 +94,9 @@ class BenchmarkConfig:
         max_concurrent_computation_calls: Passed to every TFF worker.
         worker_threads: If set, `TF_NUM_INTRAOP_THREADS` and
             `TF_NUM_INTEROP_THREADS` of the TFF workers.
+        op_determinism: `runtime.set_op_determinism` mode, applied alike to
+            this process (the Keras baseline) and the TFF workers, as the
+            experiment runner does.
     """
 
     suites: tuple[str, ...] = SUITES
@@ -121,6 +124,7 @@ class BenchmarkConfig:
     workers_model: str = "cnn"
     max_concurrent_computation_calls: int = -1
     worker_threads: Optional[int] = None
+    op_determinism: str = "auto"
 
     @classmethod
     def full(cls, **overrides) -> "BenchmarkConfig":
@@ -159,6 +163,10 @@ class BenchmarkConfig:
             raise ValueError("client counts must be >= 1")
         if any(n < 1 for n in self.workers_counts):
             raise ValueError("worker counts must be >= 1")
+        if self.op_determinism not in runtime.OP_DETERMINISM_MODES:
+            raise ValueError(
+                f"op_determinism must be one of {', '.join(runtime.OP_DETERMINISM_MODES)}"
+            )
 
     def worker_env(self) -> dict[str, str]:
         """Environment of the TFF workers (thread settings)."""
@@ -783,6 +791,7 @@ def run(config: BenchmarkConfig, printer: Callable[[str], None] = print) -> Benc
         "cpu_count": os.cpu_count(),
         "load_average_start": _load_average(),
         "devices": runtime.configure_devices(verbose=False),
+        "op_determinism": runtime.set_op_determinism(config.op_determinism),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "tensorflow_federated": tff.__version__,

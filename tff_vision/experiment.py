@@ -88,6 +88,9 @@ class ExperimentConfig:
     # Where TFF runs: remote executor services, or N started on loopback (0: one local context).
     workers: tuple[str, ...] = ()
     local_workers: int = 0
+    # TF op determinism: "auto" (on with a GPU), "on" or "off"; see runtime.set_op_determinism.
+    # Either way CPU runs reproduce exactly, but the two modes differ in the last bits.
+    op_determinism: str = "auto"
 
     # Settings that do not change results: a resumed run may differ in these.
     NON_RESULT_FIELDS = ("data_dir", "output_dir", "workers", "local_workers")
@@ -117,6 +120,10 @@ class ExperimentConfig:
         )
         _check(self.eval_every >= 1, f"--eval_every must be >= 1, got {self.eval_every}")
         _check(self.local_workers >= 0, f"--local_workers must be >= 0, got {self.local_workers}")
+        _check(
+            self.op_determinism in ("auto", "on", "off"),
+            f"--op_determinism must be auto, on or off, got {self.op_determinism!r}",
+        )
         _check(
             not (self.workers and self.local_workers),
             "--workers and --local_workers exclude each other; give one of them",
@@ -389,8 +396,8 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
 
     start = time.monotonic()
     config, dataset, partition, out = s.config, s.dataset, s.partition, s.output_dir
-    tf.config.experimental.enable_op_determinism()
     device = runtime.configure_devices(verbose=False)
+    determinism = runtime.set_op_determinism(config.op_determinism)
 
     training.write_json_atomic(out / "flags.json", config.result_fields())
     counts = partition.to_frame(dataset.train.labels, list(dataset.class_names))
@@ -399,7 +406,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
     printer(
         f"{dataset.name} {dataset.size}px ({dataset.source}): {len(dataset.train)} train / "
         f"{len(dataset.test)} test, {dataset.num_classes} classes; {config.model} "
-        f"(norm={config.norm}); {device}"
+        f"(norm={config.norm}); {device}, op determinism {'on' if determinism else 'off'}"
     )
     printer(f"client x class counts ({config.partition}):\n{counts.to_string()}")
 
@@ -548,19 +555,29 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
             )
         )
     baseline_results = {}
+    # One model and optimizer serve every baseline, reset to the same start before each: the
+    # traced training step is then built once, not once per baseline.
+    model = optimizer = initial_weights = None
     for name, round_dataset, _ in jobs:
         result_path = baseline_dir / f"{name}.json"
         if result_path.exists():
             baseline_results[name] = json.loads(result_path.read_text())
             printer(f"[{name}] finished earlier: {_fmt(baseline_results[name])}")
             continue
-        model = build_keras()
+        if model is None:
+            model = build_keras()
+            initial_weights = model.get_weights()
+            optimizer = training.keras_optimizer(
+                config.client_optimizer, config.client_lr, config.client_momentum
+            )
+        else:
+            model.set_weights(initial_weights)
+            training.reset_optimizer(optimizer)
+            optimizer.learning_rate = config.client_lr
         training.train_keras_baseline(
             name,
             model,
-            training.keras_optimizer(
-                config.client_optimizer, config.client_lr, config.client_momentum
-            ),
+            optimizer,
             round_dataset,
             config.rounds,
             out / "checkpoints" / name,

@@ -14,7 +14,9 @@ The TFF context is assembled from TFF's own public pieces
 (`tff.framework.RemoteExecutor` over a gRPC stub, a
 `ResourceManagingExecutorFactory` and a `SyncExecutionContext` with the native
 compiler), which is exactly what `tff.backends.native.
-set_sync_local_cpp_execution_context` builds, minus the unmanaged process.
+set_sync_local_cpp_execution_context` builds, minus the unmanaged process,
+and with `tff_vision.serialization`'s faster serializer for the values sent
+to the worker (the server state every round: ~0.9 s -> ~0.03 s for ResNet-18).
 
 Several workers: `start_local_workers(n)` starts n managed workers (same
 hygiene as above) and `start_multi_worker_context(targets)` installs TFF's
@@ -62,9 +64,13 @@ _GRPC_OPTIONS = [
 _PR_SET_PDEATHSIG = 1
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
+OP_DETERMINISM_MODES = ("auto", "on", "off")
+
 _workers: list["LocalWorker"] = []
 _lock = threading.Lock()
 _hooks_installed = False
+# Whether workers started from now on run with TF op determinism (`set_op_determinism`).
+_op_determinism = False
 
 
 class RuntimeSetupError(RuntimeError):
@@ -130,10 +136,10 @@ class LocalWorker:
             f"--max_concurrent_computation_calls={max_concurrent_computation_calls}",
         ]
         child_env = dict(os.environ)
+        # TF's C++ runtime reads this: the worker follows `set_op_determinism`.
+        child_env["TF_DETERMINISTIC_OPS"] = "1" if _op_determinism else "0"
         child_env.update(env or {})
         child_env[OWNER_ENV] = str(os.getpid())
-        # TF's C++ runtime reads this: deterministic kernels where they exist.
-        child_env.setdefault("TF_DETERMINISTIC_OPS", "1")
         self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             args,
@@ -201,6 +207,11 @@ def _make_stub(target: str, worker: Optional[LocalWorker] = None, timeout: float
 
 def _executor_factory(stub, default_num_clients: int = 0):
     import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+    from tff_vision import serialization  # pylint: disable=g-import-not-at-top
+
+    # Arguments reach the worker through the faster, byte-identical serializer.
+    serialization.install()
 
     def stack_fn(cardinalities):
         cardinalities = dict(cardinalities)
@@ -466,6 +477,41 @@ def find_workers(owner_pid: Optional[int] = None) -> list[int]:
         if owner is not None and (owner_pid is None or owner == str(owner_pid)):
             found.append(proc.info["pid"])
     return found
+
+
+def set_op_determinism(mode: str = "auto") -> bool:
+    """Turns TF op determinism on or off, here and in the TFF workers started afterwards.
+
+    Op determinism (`tf.config.experimental.enable_op_determinism`, and
+    `TF_DETERMINISTIC_OPS=1` for a `worker_binary`) picks deterministic GPU
+    kernels, refuses unseeded random ops and runs each graph's ops in one fixed
+    order. On CPU the kernels this package uses are reproducible without it
+    (two runs of the same experiment agree to the last bit), and the fixed op
+    order costs ~10% of a round (measured with `experiments.benchmark`), so
+    "auto" turns it on only when a GPU is present, where kernels such as cuDNN
+    convolution gradients otherwise vary from run to run.
+
+    Args:
+        mode: "on", "off" or "auto" (on when TF sees a GPU).
+
+    Returns:
+        Whether op determinism is now on.
+    """
+    global _op_determinism
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from tensorflow.python.framework import config  # pylint: disable=g-import-not-at-top
+
+    if mode not in OP_DETERMINISM_MODES:
+        raise ValueError(
+            f"unknown op determinism mode {mode!r}; use one of {', '.join(OP_DETERMINISM_MODES)}"
+        )
+    enabled = mode == "on" or (mode == "auto" and bool(tf.config.list_physical_devices("GPU")))
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        config.disable_op_determinism()
+    _op_determinism = enabled
+    return enabled
 
 
 def configure_devices(verbose: bool = True) -> str:
