@@ -43,9 +43,18 @@ class FedAvgOneRoundTest(parameterized.TestCase):
         ("momentum_two_epochs_augment", 0.05, 0.9, 2, 1.0, "flip", "constant"),
         ("server_lr_half", 0.1, 0.0, 1, 0.5, "none", "constant"),
         ("cosine_schedule", 0.1, 0.0, 1, 1.0, "none", "cosine"),
+        # As the runner builds it: the model inside TFF skips its random initializers.
+        ("skip_random_init", 0.1, 0.0, 1, 1.0, "none", "constant", True),
     )
     def test_rounds_equal_weighted_mean_of_local_training(
-        self, client_lr, momentum, local_epochs, server_lr, augment, schedule_name
+        self,
+        client_lr,
+        momentum,
+        local_epochs,
+        server_lr,
+        augment,
+        schedule_name,
+        skip_random_init=False,
     ):
         part = partition.make_partition(
             "label_exclusion", self.labels, 3, 5, seed=0, exclude="1;2;3"
@@ -70,7 +79,7 @@ class FedAvgOneRoundTest(parameterized.TestCase):
             # Round r (1-based) trains at schedule(r - 1): 0.1, then 0.1 * (1 + cos(pi/4)) / 2.
             round_lrs = [client_lr, client_lr * 0.5 * (1 + np.cos(np.pi / 4))]
         process = build_fedavg(
-            keras_model.model_fn(_tiny_model, fed.element_spec),
+            keras_model.model_fn(_tiny_model, fed.element_spec, skip_random_init=skip_random_init),
             client_optimizer,
             build_optimizer("sgd", server_lr),
             client_learning_rate_fn=schedule,
@@ -102,6 +111,24 @@ class FedAvgOneRoundTest(parameterized.TestCase):
                 int(output.metrics["client_work"]["train"]["num_examples"]), counts.sum()
             )
             weights = [np.asarray(w) for w in tff_weights]
+
+    def test_skip_random_init_zeroes_only_randomly_initialized_weights(self):
+        spec = client_data.element_spec((28, 28, 3))
+
+        def build():
+            return models.build_model("cnn", (28, 28, 3), 5, norm="group", seed=0)
+
+        process = build_fedavg(
+            keras_model.model_fn(build, spec, skip_random_init=True), build_optimizer("sgd", 0.1)
+        )
+        initial = process.get_model_weights(process.initialize()).trainable
+        for variable, value in zip(build().trainable_variables, initial):
+            name = variable.name
+            if "kernel" in name or "logits" in name or "beta" in name or "bias" in name:
+                np.testing.assert_array_equal(value, 0.0, err_msg=name)
+            else:
+                self.assertIn("gamma", name)
+                np.testing.assert_array_equal(value, 1.0, err_msg=name)
 
     def test_seeded_initialization_is_shared_with_baselines(self):
         """The same seed builds identical weights, which the process then carries."""

@@ -351,7 +351,7 @@ def _build_fedavg(
 
     t0 = time.perf_counter()
     process = build_fedavg(
-        keras_model.model_fn(build_keras, element_spec),
+        keras_model.model_fn(build_keras, element_spec, skip_random_init=True),
         build_optimizer("sgd", config.client_lr),
     )
     build_seconds = time.perf_counter() - t0

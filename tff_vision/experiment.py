@@ -498,7 +498,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
     try:
         process = algorithms.build_process(
             config.algorithm,
-            keras_model.model_fn(build_keras, fed_data.element_spec),
+            keras_model.model_fn(build_keras, fed_data.element_spec, skip_random_init=True),
             client_optimizer=client_optimizer,
             server_optimizer=server,
             client_learning_rate_fn=schedule,
