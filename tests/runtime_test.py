@@ -92,6 +92,21 @@ class WorkerCleanupTest(absltest.TestCase):
         self._kill_while_running(signal.SIGINT)
 
 
+class ShutdownTest(absltest.TestCase):
+    def test_calls_after_shutdown_fail_instead_of_waiting_for_the_worker(self):
+        import numpy as np  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+        @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
+        def mean(x):
+            return tff.federated_mean(x)
+
+        with runtime.local_context():
+            self.assertAlmostEqual(mean([1.0, 2.0]), 1.5)
+        with self.assertRaisesRegex(RuntimeError, "No default context"):
+            mean([1.0, 2.0])
+
+
 class OpDeterminismTest(absltest.TestCase):
     """`set_op_determinism` sets this process and the workers started after it alike."""
 

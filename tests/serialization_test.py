@@ -39,7 +39,8 @@ class SerializeValueTest(parameterized.TestCase):
         process = build_fedavg(
             keras_model.model_fn(build, element_spec), build_optimizer("sgd", 0.1)
         )
-        state = process.initialize()
+        with runtime.local_context():
+            state = process.initialize()
         self.assert_same_as_tff(state, process.next.type_signature.parameter[0])
         weights_type = process.get_model_weights.type_signature.parameter
         self.assert_same_as_tff(state, weights_type)

@@ -236,6 +236,10 @@ def _drop_stock_context() -> None:
     """
     if "tensorflow_federated" not in sys.modules:
         return
+    _set_no_default_context()
+
+
+def _set_no_default_context() -> None:
     try:
         # pylint: disable=g-import-not-at-top
         from tensorflow_federated.python.core.impl.context_stack import set_default_context
@@ -432,12 +436,19 @@ def start_local_multi_worker_context(
 
 
 def shutdown() -> None:
-    """Stops every worker this process started. Safe to call repeatedly."""
+    """Stops every worker this process started. Safe to call repeatedly.
+
+    When it stopped any, TFF is left with no default context, so that a later
+    computation call fails at once ("no default context") instead of waiting
+    forever on a worker that is gone.
+    """
     with _lock:
         workers = list(_workers)
         _workers.clear()
     for worker in workers:
         worker.stop()
+    if workers:
+        _set_no_default_context()
 
 
 @contextlib.contextmanager
