@@ -105,7 +105,7 @@ class ExperimentConfig:
     def validate(self) -> None:
         """Raises `ConfigError` for any setting that cannot work."""
         # pylint: disable=g-import-not-at-top
-        from tff_vision import aggregators, algorithms, client_data, models, privacy
+        from tff_vision import aggregators, algorithms, client_data, models, privacy, runtime
 
         _check(self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}; pass e.g. --rounds=10")
         _check(
@@ -121,7 +121,7 @@ class ExperimentConfig:
         _check(self.eval_every >= 1, f"--eval_every must be >= 1, got {self.eval_every}")
         _check(self.local_workers >= 0, f"--local_workers must be >= 0, got {self.local_workers}")
         _check(
-            self.op_determinism in ("auto", "on", "off"),
+            self.op_determinism in runtime.OP_DETERMINISM_MODES,
             f"--op_determinism must be auto, on or off, got {self.op_determinism!r}",
         )
         _check(
@@ -557,7 +557,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
     baseline_results = {}
     # One model and optimizer serve every baseline, reset to the same start before each: the
     # traced training step is then built once, not once per baseline.
-    model = optimizer = initial_weights = None
+    model = optimizer = initial_weights = train_epoch = None
     for name, round_dataset, _ in jobs:
         result_path = baseline_dir / f"{name}.json"
         if result_path.exists():
@@ -570,6 +570,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
             optimizer = training.keras_optimizer(
                 config.client_optimizer, config.client_lr, config.client_momentum
             )
+            train_epoch = training.epoch_trainer(model, optimizer, keras_model.loss())
         else:
             model.set_weights(initial_weights)
             training.reset_optimizer(optimizer)
@@ -583,6 +584,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
             out / "checkpoints" / name,
             learning_rate_fn=schedule,
             printer=printer,
+            train_epoch=train_epoch,
         )
         result = evaluate(model).summary()
         training.write_json_atomic(result_path, result)

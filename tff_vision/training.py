@@ -23,7 +23,6 @@ import os
 import pathlib
 import tempfile
 import time
-import weakref
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -258,6 +257,7 @@ def train_keras_baseline(
     checkpoint_dir: os.PathLike,
     learning_rate_fn: Optional[Callable[[int], Any]] = None,
     printer: Callable[[str], None] = print,
+    train_epoch: Optional[Callable[[tf.data.Dataset], tuple[float, float, float]]] = None,
 ) -> int:
     """Trains `model` on `round_dataset(r)` for r = 1..rounds, resumably.
 
@@ -267,6 +267,9 @@ def train_keras_baseline(
     optimizer are checkpointed after every round; a rerun continues from the
     last one. With `learning_rate_fn`, round r trains at rate
     `learning_rate_fn(r - 1)`, the schedule the federated clients follow.
+    `train_epoch` (from `epoch_trainer(model, optimizer, ...)`) lets baselines
+    that share `model` and `optimizer` share one traced step; by default one
+    is built here.
 
     Returns:
         The round the run resumed after (0 for a fresh start).
@@ -274,12 +277,8 @@ def train_keras_baseline(
     from tff_vision.algorithms import keras_model  # pylint: disable=g-import-not-at-top
 
     optimizer.build(model.trainable_variables)
-    # One traced step per (model, optimizer): baselines that share them reuse the trace.
-    cached = _EPOCH_TRAINERS.get(model)
-    if cached is None or cached[0] is not optimizer:
-        cached = (optimizer, _epoch_trainer(model, optimizer, keras_model.loss()))
-        _EPOCH_TRAINERS[model] = cached
-    train_epoch = cached[1]
+    if train_epoch is None:
+        train_epoch = epoch_trainer(model, optimizer, keras_model.loss())
     done = tf.Variable(0, dtype=tf.int64, name="round")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, round=done)
     manager = tf.train.CheckpointManager(checkpoint, os.fspath(checkpoint_dir), max_to_keep=2)
@@ -309,12 +308,7 @@ def reset_optimizer(optimizer: tf.keras.optimizers.Optimizer) -> None:
         variable.assign(tf.zeros_like(variable))
 
 
-_EPOCH_TRAINERS: "weakref.WeakKeyDictionary[tf.keras.Model, tuple[Any, Callable]]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _epoch_trainer(model: tf.keras.Model, optimizer, loss_fn: tf.keras.losses.Loss):
+def epoch_trainer(model: tf.keras.Model, optimizer, loss_fn: tf.keras.losses.Loss):
     """A function running one pass of `model` over a dataset of `(images, labels)` batches.
 
     Each batch takes one optimizer step on the batch-mean loss, as `keras.Model.fit` would
