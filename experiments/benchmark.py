@@ -107,6 +107,7 @@ def config_from_flags() -> benchmark.BenchmarkConfig:
 
 
 def main(argv: list[str]) -> None:
+    runtime.install_interrupt_guard()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:

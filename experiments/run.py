@@ -261,6 +261,7 @@ def config_from_flags() -> experiment.ExperimentConfig:
 
 
 def main(argv: list[str]) -> None:
+    runtime.install_interrupt_guard()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TFF/TF info logs drown the progress lines.
     if len(argv) > 1:

@@ -107,6 +107,54 @@ class ShutdownTest(absltest.TestCase):
             mean([1.0, 2.0])
 
 
+_SWALLOWED_INTERRUPT_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from tff_vision import runtime
+    if sys.argv[1] == 'guard':
+        runtime.install_interrupt_guard()
+
+    class Finalized:
+        def __del__(self):
+            # Ctrl-C while Python runs a finalizer (as with JAX's gc callback): the
+            # KeyboardInterrupt is printed as "Exception ignored" and dropped.
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100000):
+                pass
+
+    Finalized()
+    print('still running', flush=True)
+    try:
+        runtime.raise_if_interrupted()
+    except KeyboardInterrupt:
+        print('interrupt raised', flush=True)
+    runtime.raise_if_interrupted()  # Once only.
+    print('end', flush=True)
+    """
+)
+
+
+class InterruptGuardTest(absltest.TestCase):
+    def _run(self, mode):
+        return subprocess.run(
+            [sys.executable, "-c", _SWALLOWED_INTERRUPT_SCRIPT, mode],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+    def test_swallowed_ctrl_c_is_raised_at_the_next_check(self):
+        result = self._run("guard")
+        self.assertIn("KeyboardInterrupt", result.stderr)  # Python's "Exception ignored".
+        self.assertEqual(result.stdout.split(), ["still", "running", "interrupt", "raised", "end"])
+
+    def test_without_the_guard_nothing_is_raised(self):
+        result = self._run("none")
+        self.assertIn("KeyboardInterrupt", result.stderr)
+        self.assertEqual(result.stdout.split(), ["still", "running", "end"])
+
+
 class OpDeterminismTest(absltest.TestCase):
     """`set_op_determinism` sets this process and the workers started after it alike."""
 

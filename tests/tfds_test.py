@@ -7,6 +7,8 @@ for real to cover reading TFDS files, the `validation` split and resizing exactl
 
 import os
 import pathlib
+import tempfile
+from unittest import mock
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -27,6 +29,18 @@ CIFAR10_NAMES = (
     "truck",
 )
 NUM_EXAMPLES = 20  # Mocked examples per split.
+
+
+def _test_tmpdir(test: absltest.TestCase) -> pathlib.Path:
+    """A fresh directory that also holds this test's `tempfile` files.
+
+    TFDS creates an (empty, never removed) `mkdtemp` directory whenever a builder is made for a
+    set that is not prepared yet; here it lands in the test's directory, which absltest removes.
+    """
+    tmp = pathlib.Path(test.create_tempdir().full_path)
+    (tmp / "tempfiles").mkdir()
+    test.enter_context(mock.patch.object(tempfile, "tempdir", str(tmp / "tempfiles")))
+    return tmp
 
 
 def _write_metadata(data_dir: pathlib.Path, name: str, splits, class_names=None) -> str:
@@ -116,7 +130,7 @@ class TffVisionToyText(tfds.core.GeneratorBasedBuilder):
 class MockedTfdsTest(absltest.TestCase):
     def setUp(self):
         super().setUp()
-        self.tmp = pathlib.Path(self.create_tempdir().full_path)
+        self.tmp = _test_tmpdir(self)
 
     def _cifar10(self, size=None, splits=("train", "test")):
         metadata = _write_metadata(self.tmp / "metadata", "cifar10", splits, CIFAR10_NAMES)
@@ -201,7 +215,7 @@ class MockedTfdsTest(absltest.TestCase):
 class TfdsTest(absltest.TestCase):
     def setUp(self):
         super().setUp()
-        self.tmp = pathlib.Path(self.create_tempdir().full_path)
+        self.tmp = _test_tmpdir(self)
 
     def test_prepared_builder(self):
         with self.assertRaisesRegex(data.DataError, "not prepared"):

@@ -278,6 +278,7 @@ class _Clock:
 
     def measure(self, key: str, fn: Callable[[], Any]) -> Any:
         """Runs `fn()`, appending its wall and CPU seconds under `key`; returns its result."""
+        runtime.raise_if_interrupted()
         cpu0, wall0 = self._cpu(), time.perf_counter()
         result = fn()
         self.wall.setdefault(key, []).append(time.perf_counter() - wall0)

@@ -632,6 +632,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
     }
     summary["confusion_matrix"] = fed.final_eval.confusion.tolist()
     summary["device"] = device
+    runtime.raise_if_interrupted()  # A swallowed Ctrl-C still leaves the run partial.
     training.write_json_atomic(out / "summary.json", summary)
     printer(_final_report(summary))
     return summary

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision import evaluation
+from tff_vision import evaluation, runtime
 
 EvalFn = Callable[[tf.keras.Model], evaluation.EvalResult]
 
@@ -206,6 +206,7 @@ class FederatedTrainer:
         progress = Progress("federated", self.rounds, printer=self.printer)
         final_eval = None
         for round_num in range(done + 1, self.rounds + 1):
+            runtime.raise_if_interrupted()
             t0 = time.monotonic()
             clients = self.data.sample_clients(round_num, self.clients_per_round)
             datasets = [self.data.round_dataset(c, round_num) for c in clients]
@@ -220,6 +221,7 @@ class FederatedTrainer:
             _run_coroutine(self._release(row, round_num))
             _run_coroutine(self.state_manager.save(state, round_num))
             progress.update(round_num, row["seconds"], _progress_metrics(row))
+        runtime.raise_if_interrupted()
         if final_eval is None:  # Nothing left to run: evaluate the restored final state.
             final_eval = self.evaluate_state(state)
         return FederatedOutcome(state, final_eval, self.rounds, done, time.monotonic() - start)
@@ -288,6 +290,7 @@ def train_keras_baseline(
     resumed = int(done.numpy())
     progress = Progress(name, rounds, printer=printer)
     for round_num in range(resumed + 1, rounds + 1):
+        runtime.raise_if_interrupted()
         t0 = time.monotonic()
         if learning_rate_fn is not None:
             optimizer.learning_rate = float(learning_rate_fn(round_num - 1))
