@@ -53,6 +53,13 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "worker_threads", None, "TF_NUM_INTRA/INTEROP_THREADS of the TFF workers (default: TF's)."
 )
+flags.DEFINE_integer(
+    "memory_restart_every",
+    None,
+    "Memory suite: fresh TFF worker every N rounds, as the runner's --restart_workers_every "
+    "(default 50, quick 20; 0 = never, to see the worker's own growth).",
+    lower_bound=0,
+)
 flags.DEFINE_enum(
     "op_determinism",
     "auto",
@@ -92,6 +99,8 @@ def config_from_flags() -> benchmark.BenchmarkConfig:
         overrides["overhead_clients"] = _ints("clients", FLAGS.clients)
     if FLAGS.rounds is not None:
         overrides["overhead_rounds"] = FLAGS.rounds
+    if FLAGS.memory_restart_every is not None:
+        overrides["memory_restart_every"] = FLAGS.memory_restart_every
     if FLAGS.workers:
         counts = _ints("workers", FLAGS.workers)
         overrides["workers_counts"] = counts

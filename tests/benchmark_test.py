@@ -82,6 +82,26 @@ class BenchmarkTest(absltest.TestCase):
         self.assertGreater(saved["meta"]["seconds"], 0)
         self.assertEqual(set(saved["meta"]["suite_seconds"]), {"overhead", "workers"})
 
+    def test_memory_suite_restarts_the_worker(self):
+        config = _smallest(
+            suites=("memory",),
+            memory_rounds=(2, 5),
+            memory_restart_every=2,
+            memory_clients=2,
+            examples_per_client=16,
+        )
+        result = benchmark.run(config, printer=lambda line: None)
+        memory, datasets_only = result.rows
+        self.assertEqual((memory.suite, datasets_only.suite), ("memory", "memory"))
+        details = memory.details
+        self.assertEqual(details["restarts_after_rounds"], [2, 4])
+        self.assertEqual(details["worker_rounds_at_late"], 1)  # Round 5 ran on a fresh worker.
+        self.assertIsNone(details["workers_bytes_per_round"])  # Not one worker from 2 to 5.
+        self.assertGreaterEqual(details["peak_rss_bytes"], details["rss_bytes"]["2"]["total"])
+        self.assertLen(details["round_seconds"], 5)
+        self.assertIn("worker restarted every 2 rounds", memory.values)
+        self.assertEqual(runtime.find_workers(os.getpid()), [])
+
     def test_helpers_and_validation(self):
         self.assertEqual(benchmark.steady_seconds([5.0]), 5.0)
         self.assertEqual(benchmark.steady_seconds([9.0, 1.0, 3.0, 2.0]), 2.0)
@@ -92,6 +112,8 @@ class BenchmarkTest(absltest.TestCase):
             _smallest(suites=("speed",)).validate()
         with self.assertRaisesRegex(ValueError, "memory_rounds"):
             _smallest(memory_rounds=(5, 5)).validate()
+        with self.assertRaisesRegex(ValueError, "memory_restart_every"):
+            _smallest(memory_restart_every=-1).validate()
         with self.assertRaisesRegex(ValueError, "workers_clients"):
             _smallest(workers_counts=(4,), workers_clients=3).validate()
         quick, full = benchmark.BenchmarkConfig.quick(), benchmark.BenchmarkConfig.full()

@@ -197,11 +197,17 @@ class RunnerTest(parameterized.TestCase):
         # Only the centralized baseline here: the reference trained it on the model and
         # optimizer its three local baselines used before (reset in between), this run on
         # fresh ones, so equal results show the reset is complete.
+        # Fresh workers after every round: results stay the same.
         result = _run(
-            *_BASE_FLAGS, "--baselines=centralized", "--local_workers=2", f"--output_dir={out}"
+            *_BASE_FLAGS,
+            "--baselines=centralized",
+            "--local_workers=2",
+            "--restart_workers_every=1",
+            f"--output_dir={out}",
         )
         self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
         self.assertIn("TFF workers: 127.0.0.1:", result.stdout)
+        self.assertIn("[federated] fresh TFF worker(s) after round 1", result.stdout)
         self.assertEqual(
             sorted(p.name for p in out.glob("worker_*.log")), ["worker_0.log", "worker_1.log"]
         )

@@ -155,6 +155,50 @@ class InterruptGuardTest(absltest.TestCase):
         self.assertEqual(result.stdout.split(), ["still", "running", "end"])
 
 
+class RestartTest(absltest.TestCase):
+    def tearDown(self):
+        runtime.shutdown()
+        super().tearDown()
+
+    def _mean(self):
+        import numpy as np  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+        @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
+        def mean(x):
+            return tff.federated_mean(x)
+
+        return mean
+
+    def test_local_context_gets_a_fresh_worker_with_the_same_settings(self):
+        mean = self._mean()
+        old = runtime.start_local_context(env={"TFF_VISION_TEST_SETTING": "kept"})
+        self.assertAlmostEqual(mean([1.0, 2.0]), 1.5)
+        self.assertTrue(runtime.restart_local_workers())
+        self.assertFalse(old.alive())
+        self.assertEqual(_wait_gone([old.process.pid]), [])
+        (new,) = runtime.find_workers(os.getpid())
+        self.assertNotEqual(new, old.process.pid)
+        self.assertEqual(psutil.Process(new).environ()["TFF_VISION_TEST_SETTING"], "kept")
+        self.assertAlmostEqual(mean([1.0, 5.0]), 3.0)
+
+    def test_multi_worker_context_restarts_all_workers(self):
+        mean = self._mean()
+        old = runtime.start_local_multi_worker_context(2)
+        self.assertAlmostEqual(mean([1.0, 2.0, 3.0, 6.0]), 3.0)
+        self.assertTrue(runtime.restart_local_workers())
+        self.assertEqual(_wait_gone([w.process.pid for w in old]), [])
+        self.assertLen(runtime.find_workers(os.getpid()), 2)
+        self.assertAlmostEqual(mean([1.0, 2.0, 3.0, 6.0]), 3.0)
+
+    def test_nothing_to_restart_without_a_context_of_ours(self):
+        self.assertFalse(runtime.restart_local_workers())
+        (worker,) = runtime.start_local_workers(1)
+        runtime.start_multi_worker_context([worker.target])  # Targets given: not ours to restart.
+        self.assertFalse(runtime.restart_local_workers())
+        self.assertTrue(worker.alive())
+
+
 class OpDeterminismTest(absltest.TestCase):
     """`set_op_determinism` sets this process and the workers started after it alike."""
 

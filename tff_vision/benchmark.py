@@ -81,6 +81,9 @@ class BenchmarkConfig:
         memory_model: Model of the memory suite.
         memory_rounds: The two rounds at which RSS is compared.
         memory_clients: Clients of the memory run (all take part every round).
+        memory_restart_every: Fresh TFF worker after every this many rounds of
+            the memory run, as the runner's --restart_workers_every does
+            (0 = never: shows the worker's own growth).
         examples_per_client: Synthetic examples per client (memory, clients).
         clients_registered: Registered clients of the sampled setting.
         clients_sampled: Clients per round (and clients of the dense setting).
@@ -113,6 +116,7 @@ class BenchmarkConfig:
     memory_model: str = "cnn"
     memory_rounds: tuple[int, int] = (20, 200)
     memory_clients: int = 10
+    memory_restart_every: int = 50
     examples_per_client: int = 32
     clients_registered: int = 100
     clients_sampled: int = 10
@@ -137,6 +141,7 @@ class BenchmarkConfig:
         values = dict(
             overhead_rounds=3,
             memory_rounds=(10, 50),
+            memory_restart_every=20,
             clients_rounds=4,
             workers_counts=(2,),
             workers_clients=4,
@@ -155,6 +160,8 @@ class BenchmarkConfig:
         early, late = self.memory_rounds
         if not 1 <= early < late:
             raise ValueError(f"memory_rounds must be 1 <= early < late, got {self.memory_rounds}")
+        if self.memory_restart_every < 0:
+            raise ValueError("memory_restart_every must be >= 0 (0 = never)")
         if self.clients_sampled > self.clients_registered:
             raise ValueError("clients_sampled must be <= clients_registered")
         if self.workers_counts and max(self.workers_counts) > self.workers_clients:
@@ -524,7 +531,10 @@ def suite_overhead(config: BenchmarkConfig, printer: Callable[[str], None]) -> l
 def suite_memory(config: BenchmarkConfig, printer: Callable[[str], None]) -> list[Row]:
     """RSS (this process + TFF workers) at two rounds of one small-model run.
 
-    A second row builds the same round datasets for as many rounds without
+    The worker is replaced every `memory_restart_every` rounds, as in the
+    runner (`runtime.restart_local_workers`); the row also gives the peak RSS
+    seen after any round, and the worker's own growth per round between
+    restarts. A second row builds the same round datasets for as many rounds without
     running anything (no TFF): the growth of this process there is what the
     input pipeline alone accounts for.
     """
@@ -537,9 +547,11 @@ def suite_memory(config: BenchmarkConfig, printer: Callable[[str], None]) -> lis
         config.memory_model, fed.input_shape, _NUM_CLASSES_SYNTHETIC, fed.element_spec, config
     )
     run = _Run(built, fed)
-    samples = {}
+    samples, peak, restarts = {}, 0, []
+    every = config.memory_restart_every
     for round_num in range(1, late + 1):
         clock.measure("round", run.run_round)
+        peak = max(peak, process_tree_rss()["total"])
         if round_num in (early, late):
             _settle_memory()
             samples[round_num] = process_tree_rss()
@@ -547,6 +559,9 @@ def suite_memory(config: BenchmarkConfig, printer: Callable[[str], None]) -> lis
                 f"  memory round {round_num}: {_mib(samples[round_num]['total']):.0f} MiB "
                 f"(workers {_mib(samples[round_num]['workers']):.0f} MiB)"
             )
+        if every and round_num % every == 0 and round_num < late:
+            runtime.restart_local_workers()
+            restarts.append(round_num)
     runtime.shutdown()
 
     datasets_only = {}
@@ -568,7 +583,19 @@ def suite_memory(config: BenchmarkConfig, printer: Callable[[str], None]) -> lis
     first, last = samples[early]["total"], samples[late]["total"]
     growth = (last - first) / first
     self_kib = per_round(samples[early]["self"], samples[late]["self"]) / 1024
-    workers_kib = per_round(samples[early]["workers"], samples[late]["workers"]) / 1024
+    # The worker at round `late` started after the last restart before it (or with the run).
+    worker_start = max([r for r in restarts if r < late], default=0)
+    worker_rounds = late - worker_start
+    worker_base = samples[early]["workers"] if worker_start < early else None
+    workers_kib = (
+        (samples[late]["workers"] - worker_base) / (late - early) / 1024
+        if worker_base is not None
+        else None
+    )
+    restart_text = f"worker restarted every {every} rounds" if every else "no worker restarts"
+    workers_text = (
+        f"workers {workers_kib:+.0f} KiB/round" if workers_kib is not None else restart_text
+    )
     data_first, data_last = datasets_only[early], datasets_only[late]
     data_growth = (data_last - data_first) / data_first
     return [
@@ -579,8 +606,10 @@ def suite_memory(config: BenchmarkConfig, printer: Callable[[str], None]) -> lis
             ),
             data="synthetic",
             values=(
-                f"RSS {_mib(first):.0f} -> {_mib(last):.0f} MiB ({growth:+.1%}); per round: "
-                f"self {self_kib:+.0f} KiB, workers {workers_kib:+.0f} KiB; round {round_s:.2f}s"
+                f"RSS {_mib(first):.0f} -> {_mib(last):.0f} MiB ({growth:+.1%}), peak "
+                f"{_mib(peak):.0f} MiB ({(peak - first) / first:+.1%}); per round: self "
+                f"{self_kib:+.0f} KiB, {workers_text}; round {round_s:.2f}s"
+                + (f"; {restart_text}" if every and workers_kib is not None else "")
             ),
             ratio=_ratio(last, first),
             target="growth < 5%",
@@ -588,9 +617,14 @@ def suite_memory(config: BenchmarkConfig, printer: Callable[[str], None]) -> lis
             details={
                 "rounds": [early, late],
                 "rss_bytes": {str(k): v for k, v in samples.items()},
+                "peak_rss_bytes": peak,
                 "growth": growth,
+                "peak_growth": (peak - first) / first,
+                "restart_every": every,
+                "restarts_after_rounds": restarts,
+                "worker_rounds_at_late": worker_rounds,
                 "self_bytes_per_round": self_kib * 1024,
-                "workers_bytes_per_round": workers_kib * 1024,
+                "workers_bytes_per_round": None if workers_kib is None else workers_kib * 1024,
                 "round_seconds": clock.wall["round"],
                 "examples_per_client": config.examples_per_client,
             },

@@ -88,12 +88,20 @@ class ExperimentConfig:
     # Where TFF runs: remote executor services, or N started on loopback (0: one local context).
     workers: tuple[str, ...] = ()
     local_workers: int = 0
+    # Fresh local TFF workers after every this many rounds (bounds their memory; 0 = never).
+    restart_workers_every: int = 50
     # TF op determinism: "auto" (on with a GPU), "on" or "off"; see runtime.set_op_determinism.
     # Either way CPU runs reproduce exactly, but the two modes differ in the last bits.
     op_determinism: str = "auto"
 
     # Settings that do not change results: a resumed run may differ in these.
-    NON_RESULT_FIELDS = ("data_dir", "output_dir", "workers", "local_workers")
+    NON_RESULT_FIELDS = (
+        "data_dir",
+        "output_dir",
+        "workers",
+        "local_workers",
+        "restart_workers_every",
+    )
 
     def result_fields(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
@@ -119,6 +127,10 @@ class ExperimentConfig:
             f"--clients_per_round must be >= 0 (0 = all), got {self.clients_per_round}",
         )
         _check(self.eval_every >= 1, f"--eval_every must be >= 1, got {self.eval_every}")
+        _check(
+            self.restart_workers_every >= 0,
+            f"--restart_workers_every must be >= 0 (0 = never), got {self.restart_workers_every}",
+        )
         _check(self.local_workers >= 0, f"--local_workers must be >= 0, got {self.local_workers}")
         _check(
             self.op_determinism in runtime.OP_DETERMINISM_MODES,
@@ -522,6 +534,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
             clients_per_round=config.clients_per_round,
             eval_every=config.eval_every,
             printer=printer,
+            restart_workers_every=config.restart_workers_every,
         )
         fed = trainer.run()
     finally:

@@ -146,6 +146,10 @@ class FederatedTrainer:
         eval_every: Evaluate every this many rounds (and always at the end).
         keep_checkpoints: How many round checkpoints to keep.
         printer: Where progress lines go.
+        restart_workers_every: Replace the TFF workers this process started by
+            fresh ones after every this many rounds
+            (`runtime.restart_local_workers`; 0 = never): bounds the memory a
+            long-running worker accumulates. Results do not change.
     """
 
     def __init__(
@@ -161,8 +165,10 @@ class FederatedTrainer:
         eval_every: int = 1,
         keep_checkpoints: int = 2,
         printer: Callable[[str], None] = print,
+        restart_workers_every: int = 0,
     ):
         self.process, self.data, self.rounds = process, data, rounds
+        self.restart_workers_every = restart_workers_every
         self.eval_model, self.evaluate = eval_model, evaluate
         self.initial_weights = initial_weights
         self.clients_per_round = clients_per_round or len(data.client_ids)
@@ -221,6 +227,10 @@ class FederatedTrainer:
             _run_coroutine(self._release(row, round_num))
             _run_coroutine(self.state_manager.save(state, round_num))
             progress.update(round_num, row["seconds"], _progress_metrics(row))
+            every = self.restart_workers_every
+            if every and round_num % every == 0 and round_num < self.rounds:
+                if runtime.restart_local_workers():
+                    self.printer(f"[federated] fresh TFF worker(s) after round {round_num}")
         runtime.raise_if_interrupted()
         if final_eval is None:  # Nothing left to run: evaluate the restored final state.
             final_eval = self.evaluate_state(state)
