@@ -40,9 +40,7 @@ this process started) after each suite.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import gc
 import os
 import platform
 import statistics
@@ -291,15 +289,6 @@ class _Clock:
         self.wall.setdefault(key, []).append(time.perf_counter() - wall0)
         self.cpu.setdefault(key, []).append(self._cpu() - cpu0)
         return result
-
-
-def _settle_memory() -> None:
-    """Collects garbage and hands freed heap pages back to the OS (glibc), so RSS reads true."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _mib(num_bytes: float) -> float:
@@ -553,14 +542,13 @@ def suite_memory(config: BenchmarkConfig, printer: Callable[[str], None]) -> lis
         clock.measure("round", run.run_round)
         peak = max(peak, process_tree_rss()["total"])
         if round_num in (early, late):
-            _settle_memory()
+            runtime.release_free_memory()
             samples[round_num] = process_tree_rss()
             printer(
                 f"  memory round {round_num}: {_mib(samples[round_num]['total']):.0f} MiB "
                 f"(workers {_mib(samples[round_num]['workers']):.0f} MiB)"
             )
-        if every and round_num % every == 0 and round_num < late:
-            runtime.restart_local_workers()
+        if runtime.restart_workers_after(round_num, every, late):
             restarts.append(round_num)
     runtime.shutdown()
 
@@ -569,7 +557,7 @@ def suite_memory(config: BenchmarkConfig, printer: Callable[[str], None]) -> lis
         for client in fed.client_ids:
             fed.round_dataset(client, late + round_num)
         if round_num in (early, late):
-            _settle_memory()
+            runtime.release_free_memory()
             datasets_only[round_num] = process_tree_rss()["self"]
     printer(
         f"  memory, round datasets only: {_mib(datasets_only[early]):.0f} -> "
@@ -594,7 +582,7 @@ def suite_memory(config: BenchmarkConfig, printer: Callable[[str], None]) -> lis
     )
     restart_text = f"worker restarted every {every} rounds" if every else "no worker restarts"
     workers_text = (
-        f"workers {workers_kib:+.0f} KiB/round" if workers_kib is not None else restart_text
+        "n/a (restarted in between)" if workers_kib is None else f"{workers_kib:+.0f} KiB"
     )
     data_first, data_last = datasets_only[early], datasets_only[late]
     data_growth = (data_last - data_first) / data_first
@@ -608,8 +596,7 @@ def suite_memory(config: BenchmarkConfig, printer: Callable[[str], None]) -> lis
             values=(
                 f"RSS {_mib(first):.0f} -> {_mib(last):.0f} MiB ({growth:+.1%}), peak "
                 f"{_mib(peak):.0f} MiB ({(peak - first) / first:+.1%}); per round: self "
-                f"{self_kib:+.0f} KiB, {workers_text}; round {round_s:.2f}s"
-                + (f"; {restart_text}" if every and workers_kib is not None else "")
+                f"{self_kib:+.0f} KiB, workers {workers_text}; round {round_s:.2f}s; {restart_text}"
             ),
             ratio=_ratio(last, first),
             target="growth < 5%",
@@ -665,10 +652,10 @@ def suite_clients(config: BenchmarkConfig, printer: Callable[[str], None]) -> li
     feds, data_bytes = {}, {}
     for registered in (dense_n, sparse_n):
         images, labels = _synthetic(registered * per_client, config.seed)
-        _settle_memory()
+        runtime.release_free_memory()
         before = process_tree_rss()["total"]
         feds[registered] = _federated_data(images, labels, registered, config)
-        _settle_memory()
+        runtime.release_free_memory()
         data_bytes[registered] = process_tree_rss()["total"] - before
     first = feds[dense_n]
     built = _build_fedavg(

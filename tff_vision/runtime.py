@@ -543,13 +543,26 @@ def restart_local_workers() -> bool:
     if recipe is None:
         return False
     shutdown()
-    _release_free_memory()  # What the old context held, back to the OS.
+    release_free_memory()  # What the old context held, back to the OS.
     recipe()
     return True
 
 
-def _release_free_memory() -> None:
-    """Collects garbage and returns glibc's free heap pages to the OS (no-op elsewhere)."""
+def restart_workers_after(round_num: int, every: int, last_round: int) -> bool:
+    """`restart_local_workers()` if round `round_num` ends a period of `every` rounds.
+
+    Never after `last_round` (nothing runs after it) and never with `every` 0.
+
+    Returns:
+        Whether the workers were restarted.
+    """
+    if every and round_num % every == 0 and round_num < last_round:
+        return restart_local_workers()
+    return False
+
+
+def release_free_memory() -> None:
+    """Collects garbage and returns glibc's free heap pages to the OS (so RSS reads true)."""
     import gc  # pylint: disable=g-import-not-at-top
 
     gc.collect()

@@ -227,10 +227,8 @@ class FederatedTrainer:
             _run_coroutine(self._release(row, round_num))
             _run_coroutine(self.state_manager.save(state, round_num))
             progress.update(round_num, row["seconds"], _progress_metrics(row))
-            every = self.restart_workers_every
-            if every and round_num % every == 0 and round_num < self.rounds:
-                if runtime.restart_local_workers():
-                    self.printer(f"[federated] fresh TFF worker(s) after round {round_num}")
+            if runtime.restart_workers_after(round_num, self.restart_workers_every, self.rounds):
+                self.printer(f"[federated] fresh TFF worker(s) after round {round_num}")
         runtime.raise_if_interrupted()
         if final_eval is None:  # Nothing left to run: evaluate the restored final state.
             final_eval = self.evaluate_state(state)
