@@ -67,6 +67,12 @@ flags.DEFINE_enum(
     "TF op determinism for the Keras baseline and the TFF workers alike (auto: on with a GPU).",
 )
 
+flags.DEFINE_bool(
+    "mixed_precision",
+    False,
+    "Models in bfloat16 compute with float32 weights, Keras baseline and TFF clients alike.",
+)
+
 FLAGS = flags.FLAGS
 
 
@@ -89,6 +95,7 @@ def config_from_flags() -> benchmark.BenchmarkConfig:
         max_concurrent_computation_calls=FLAGS.max_concurrent_calls,
         worker_threads=FLAGS.worker_threads,
         op_determinism=FLAGS.op_determinism,
+        mixed_precision=FLAGS.mixed_precision,
     )
     if FLAGS.models:
         unknown = [m for m in FLAGS.models if m not in models.MODEL_NAMES]
@@ -135,6 +142,7 @@ def main(argv: list[str]) -> None:
     meta = result.meta
     print(
         f"\n{meta['devices']}, op determinism {'on' if meta['op_determinism'] else 'off'}, "
+        f"{meta['precision']}, "
         f"load average {meta['load_average_start']} -> "
         f"{meta['load_average_end']}, {meta['seconds']:.0f}s"
     )

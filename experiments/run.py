@@ -246,6 +246,12 @@ flags.DEFINE_enum(
     "TF op determinism (deterministic kernels, fixed op order): auto = on when a GPU is present. "
     "CPU runs reproduce exactly without it, ~10% faster.",
 )
+flags.DEFINE_bool(
+    "mixed_precision",
+    _DEFAULTS.mixed_precision,
+    "bfloat16 compute with float32 weights, updates and aggregation (Keras mixed_bfloat16). "
+    "For GPUs (or CPUs) with bfloat16 units.",
+)
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for partition, initialization and data order.")
 flags.DEFINE_string("output_dir", None, "Where results and checkpoints go (required).")
 

@@ -116,6 +116,22 @@ class AlgorithmsRunTest(parameterized.TestCase):
         metrics = pd.read_csv(out / "metrics.csv")
         self.assertTrue((metrics["train_examples"] < 1080).all())  # 2 of 3 clients per round.
 
+    def test_mixed_precision_run(self):
+        out = self.tmp / "mixed"
+        result = _run(
+            "--mixed_precision", "--rounds=2", "--baselines=centralized", f"--output_dir={out}"
+        )
+        self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
+        self.assertIn("mixed_bfloat16", result.stdout)
+        self.assertTrue(json.loads((out / "flags.json").read_text())["mixed_precision"])
+        summary = json.loads((out / "summary.json").read_text())
+        for section in (summary["federated"], summary["centralized"]):
+            self.assertGreater(section["test_auc"], 0.5)
+            self.assertTrue(0 <= section["test_accuracy"] <= 1)
+        metrics = pd.read_csv(out / "metrics.csv")
+        self.assertTrue(metrics["train_loss"].notna().all())
+        self.assertTrue((metrics["train_loss"] < 10).all())
+
     @parameterized.named_parameters(
         ("fedbn_needs_batch_norm", ["--algorithm=fedbn", "--norm=group"], "--norm=batch"),
         ("fedprox_needs_strength", ["--algorithm=fedprox"], "--proximal_strength"),

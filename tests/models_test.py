@@ -7,7 +7,7 @@ import tensorflow as tf
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from tff_vision import models
+from tff_vision import models, runtime
 
 _SMALL_SHAPES = ((28, 28, 1), (28, 28, 3), (64, 64, 1), (64, 64, 3))
 _NUM_CLASSES = 5
@@ -113,6 +113,27 @@ class OutputShapeTest(parameterized.TestCase):
         with tf.Graph().as_default():
             model = models.build_model("cnn", (28, 28, 1), 2, seed=1)
             self.assertEqual(model.output_shape, (None, 2))
+
+
+class MixedPrecisionTest(parameterized.TestCase):
+    def tearDown(self):
+        runtime.set_mixed_precision(False)
+        super().tearDown()
+
+    @parameterized.parameters("resnet18", "cnn", "mobilenetv2")
+    def test_bfloat16_compute_float32_weights_and_logits(self, name):
+        self.assertEqual(runtime.set_mixed_precision(True), "mixed_bfloat16")
+        model = models.build_model(name, (32, 32, 3), 4, seed=0)
+        self.assertEqual(model.output.dtype, tf.float32)
+        self.assertTrue(all(v.dtype == tf.float32 for v in model.weights))
+        convs = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Conv2D)]
+        self.assertEqual(convs[0].compute_dtype, "bfloat16")
+        logits = model(np.random.default_rng(0).random((2, 32, 32, 3), np.float32))
+        self.assertEqual(logits.dtype, tf.float32)
+        self.assertEqual(runtime.set_mixed_precision(False), "float32")
+        self.assertEqual(
+            models.build_model(name, (32, 32, 3), 4, seed=0).layers[1].compute_dtype, "float32"
+        )
 
 
 class ResNet18Test(parameterized.TestCase):

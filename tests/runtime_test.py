@@ -182,6 +182,11 @@ class RestartTest(absltest.TestCase):
         self.assertEqual(psutil.Process(new).environ()["TFF_VISION_TEST_SETTING"], "kept")
         self.assertAlmostEqual(mean([1.0, 5.0]), 3.0)
 
+    def test_worker_grows_gpu_memory_on_demand(self):
+        worker = runtime.start_local_context()
+        environ = psutil.Process(worker.process.pid).environ()
+        self.assertEqual(environ["TF_FORCE_GPU_ALLOW_GROWTH"], "true")
+
     def test_multi_worker_context_restarts_all_workers(self):
         mean = self._mean()
         old = runtime.start_local_multi_worker_context(2)

@@ -98,6 +98,8 @@ class BenchmarkConfig:
         op_determinism: `runtime.set_op_determinism` mode, applied alike to
             this process (the Keras baseline) and the TFF workers, as the
             experiment runner does.
+        mixed_precision: Build every model (Keras baseline and TFF clients
+            alike) under `runtime.set_mixed_precision`.
     """
 
     suites: tuple[str, ...] = SUITES
@@ -127,6 +129,7 @@ class BenchmarkConfig:
     max_concurrent_computation_calls: int = -1
     worker_threads: Optional[int] = None
     op_determinism: str = "auto"
+    mixed_precision: bool = False
 
     @classmethod
     def full(cls, **overrides) -> "BenchmarkConfig":
@@ -814,6 +817,7 @@ def run(config: BenchmarkConfig, printer: Callable[[str], None] = print) -> Benc
         "load_average_start": _load_average(),
         "devices": runtime.configure_devices(verbose=False),
         "op_determinism": runtime.set_op_determinism(config.op_determinism),
+        "precision": runtime.set_mixed_precision(config.mixed_precision),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "tensorflow_federated": tff.__version__,

@@ -93,6 +93,8 @@ class ExperimentConfig:
     # TF op determinism: "auto" (on with a GPU), "on" or "off"; see runtime.set_op_determinism.
     # Either way CPU runs reproduce exactly, but the two modes differ in the last bits.
     op_determinism: str = "auto"
+    # bfloat16 compute with float32 weights (see runtime.set_mixed_precision); for GPUs.
+    mixed_precision: bool = False
 
     # Settings that do not change results: a resumed run may differ in these.
     NON_RESULT_FIELDS = (
@@ -410,6 +412,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
     config, dataset, partition, out = s.config, s.dataset, s.partition, s.output_dir
     device = runtime.configure_devices(verbose=False)
     determinism = runtime.set_op_determinism(config.op_determinism)
+    precision = runtime.set_mixed_precision(config.mixed_precision)
 
     training.write_json_atomic(out / "flags.json", config.result_fields())
     counts = partition.to_frame(dataset.train.labels, list(dataset.class_names))
@@ -419,6 +422,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
         f"{dataset.name} {dataset.size}px ({dataset.source}): {len(dataset.train)} train / "
         f"{len(dataset.test)} test, {dataset.num_classes} classes; {config.model} "
         f"(norm={config.norm}); {device}, op determinism {'on' if determinism else 'off'}"
+        + (f", {precision}" if config.mixed_precision else "")
     )
     printer(f"client x class counts ({config.partition}):\n{counts.to_string()}")
 

@@ -241,8 +241,9 @@ def build_model(
         # Zero-initialized classifier: every model starts at the uniform
         # prediction (loss log(C)) instead of large random logits, which
         # makes the first rounds of training from scratch far steadier.
+        # float32 logits under a mixed-precision policy too (stable softmax/loss).
         outputs = tf.keras.layers.Dense(
-            int(num_classes), kernel_initializer="zeros", name="logits"
+            int(num_classes), kernel_initializer="zeros", dtype="float32", name="logits"
         )(features)
     return tf.keras.Model(inputs=inputs, outputs=outputs, name=name)
 

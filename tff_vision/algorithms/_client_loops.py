@@ -103,8 +103,25 @@ def train_locally(
         tf.constant(0, tf.int64),
         optimizer.initialize(specs),
     )
-    num_examples, num_steps, _ = dataset.reduce(initial, reduce_fn)
+    num_examples, num_steps, _ = reduce_batches(dataset, initial, reduce_fn)
     return num_examples, num_steps
+
+
+def reduce_batches(dataset: tf.data.Dataset, initial_state: Any, reduce_fn: Callable) -> Any:
+    """`dataset.reduce(initial_state, reduce_fn)` as an iterator loop.
+
+    The loop form of TFF's `LoopImplementation.DATASET_ITERATOR` (the one
+    `fedavg.LOOP_IMPLEMENTATION` selects). `Dataset.reduce` instantiates its
+    body, here a whole forward/backward step, as a new function (grappler
+    included) every time it runs, i.e. for every client of every round; the
+    iterator loop is part of the client computation's graph, which the TFF
+    worker builds once per session. Must be traced inside a `tf.function`
+    (AutoGraph turns the loop into a `tf.while_loop`).
+    """
+    state = initial_state
+    for batch in iter(dataset):
+        state = reduce_fn(state, batch)
+    return state
 
 
 def zero_if_non_finite(values: Any) -> tuple[Any, tf.Tensor]:
@@ -421,6 +438,11 @@ class _IndexedNext(tff.Computation):
     @property
     def type_signature(self) -> tff.FunctionType:
         return self._computation.type_signature
+
+    @property
+    def computation(self) -> tff.Computation:
+        """The wrapped computation, which takes the indexed client data."""
+        return self._computation
 
     def __call__(self, state, client_data):
         return self._computation(state, indexed_client_data(client_data, self._num_clients))

@@ -16,6 +16,15 @@ import tensorflow_federated as tff
 
 from tff_vision.algorithms import keras_model, optimizers
 
+# The clients' training loop: an iterator loop inside the client computation,
+# not `Dataset.reduce`, whose body function (the whole training step) TF
+# instantiates and optimizes anew for every client of every round. Perf of the
+# TFF worker, ResNet-18 rounds of 10 clients with 1 example each: ~38% of its
+# CPU time in function instantiation; the loop change cut those rounds from
+# 9.0 to 2.5 CPU seconds. Same batches, same updates. (TFF's own default is
+# DATASET_REDUCE, which TPUs need; its docs name DATASET_ITERATOR for GPUs.)
+LOOP_IMPLEMENTATION = tff.learning.LoopImplementation.DATASET_ITERATOR
+
 
 def build_fedavg(
     model_fn: Callable[[], tff.learning.models.VariableModel],
@@ -54,6 +63,7 @@ def build_fedavg(
             server_optimizer_fn=server_optimizer,
             client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
             model_aggregator=model_aggregator,
+            loop_implementation=LOOP_IMPLEMENTATION,
         )
     else:
         if isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
@@ -64,6 +74,7 @@ def build_fedavg(
             client_optimizer_fn=client_optimizer,
             server_optimizer_fn=server_optimizer,
             model_aggregator=model_aggregator,
+            loop_implementation=LOOP_IMPLEMENTATION,
         )
     keras_model.restore_eager_keras_classes()
     return process

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision.algorithms import keras_model, optimizers
+from tff_vision.algorithms import _client_loops, keras_model, optimizers
 
 OptimizerArg = Union[
     tff.learning.optimizers.Optimizer, Callable[[Any], tff.learning.optimizers.Optimizer]
@@ -202,8 +202,8 @@ def _train(model, optimizer, mu, client_weighting, initial_weights, dataset):
                 batch_size = tf.cast(output.num_examples, tf.int64)
             return num_examples + batch_size, optimizer_state
 
-        num_examples, _ = dataset.reduce(
-            (tf.constant(0, tf.int64), optimizer.initialize(specs)), step
+        num_examples, _ = _client_loops.reduce_batches(
+            dataset, (tf.constant(0, tf.int64), optimizer.initialize(specs)), step
         )
         delta = tuple(tf.subtract(a, w) for a, w in zip(anchor, trainable))
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(d)) for d in delta])
