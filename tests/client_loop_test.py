@@ -37,6 +37,11 @@ def _computation_bytes(process) -> bytes:
 
 
 class ClientLoopTest(parameterized.TestCase):
+    def assert_iterator_loop(self, process):
+        graph = _computation_bytes(process)
+        self.assertIn(b"IteratorGetNextAsOptional", graph)
+        self.assertNotIn(b"ReduceDataset", graph)
+
     @parameterized.named_parameters((name, name) for name in ALGORITHMS)
     def test_clients_train_in_an_iterator_loop(self, name):
         process = build_process(
@@ -47,9 +52,7 @@ class ClientLoopTest(parameterized.TestCase):
             client_learning_rate=0.1,
             num_clients=2,
         )
-        graph = _computation_bytes(process)
-        self.assertIn(b"IteratorGetNextAsOptional", graph)
-        self.assertNotIn(b"ReduceDataset", graph)
+        self.assert_iterator_loop(process)
 
     def test_scheduled_fedavg_trains_in_an_iterator_loop(self):
         process = build_process(
@@ -58,9 +61,7 @@ class ClientLoopTest(parameterized.TestCase):
             client_optimizer=lambda lr: build_optimizer("adam", lr),
             client_learning_rate_fn=learning_rate_schedule("cosine", 1e-3, 10),
         )
-        graph = _computation_bytes(process)
-        self.assertIn(b"IteratorGetNextAsOptional", graph)
-        self.assertNotIn(b"ReduceDataset", graph)
+        self.assert_iterator_loop(process)
 
 
 if __name__ == "__main__":
