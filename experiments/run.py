@@ -83,6 +83,12 @@ flags.DEFINE_enum("model", _DEFAULTS.model, models.MODEL_NAMES, "Architecture.")
 flags.DEFINE_enum(
     "norm", _DEFAULTS.norm, models.NORMS, "Normalization layers (group is the FL default)."
 )
+flags.DEFINE_bool(
+    "weight_standardization",
+    _DEFAULTS.weight_standardization,
+    "Weight-standardize the convolutions that feed GroupNorm (GroupNorm + WS, as Big "
+    "Transfer); no effect with --norm=batch or none.",
+)
 flags.DEFINE_enum(
     "stem",
     _DEFAULTS.stem,

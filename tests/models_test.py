@@ -136,6 +136,112 @@ class MixedPrecisionTest(parameterized.TestCase):
         )
 
 
+class WeightStandardizationTest(parameterized.TestCase):
+
+    def _conv_pair(self, kernel):
+        """A StandardizedConv2D holding `kernel` and a plain Conv2D, both built."""
+        standardized = models.StandardizedConv2D(kernel.shape[-1], 3, use_bias=False)
+        plain = tf.keras.layers.Conv2D(kernel.shape[-1], 3, use_bias=False)
+        for layer in (standardized, plain):
+            layer.build((None, 8, 8, kernel.shape[2]))
+        standardized.set_weights([kernel])
+        return standardized, plain
+
+    def test_output_is_conv_with_numpy_standardized_kernel(self):
+        rng = np.random.default_rng(0)
+        kernel = rng.normal(0.3, 2.0, (3, 3, 4, 6)).astype(np.float32)
+        images = rng.random((2, 8, 8, 4), np.float32)
+        standardized, plain = self._conv_pair(kernel)
+        mean = kernel.mean(axis=(0, 1, 2), keepdims=True)
+        std = np.sqrt(kernel.var(axis=(0, 1, 2), keepdims=True) + 1e-6)
+        plain.set_weights([(kernel - mean) / std])
+        np.testing.assert_allclose(
+            standardized(images).numpy(), plain(images).numpy(), rtol=1e-4, atol=1e-4
+        )
+        # The stored kernel itself is left as it was.
+        np.testing.assert_array_equal(standardized.get_weights()[0], kernel)
+
+    def test_closed_form_gradient_matches_autodiff(self):
+        rng = np.random.default_rng(2)
+        kernel = tf.constant(rng.normal(0.5, 3.0, (3, 3, 4, 6)), tf.float32)
+        upstream = tf.constant(rng.normal(size=(3, 3, 4, 6)), tf.float32)
+
+        def reference(k):
+            mean, variance = tf.nn.moments(k, axes=[0, 1, 2], keepdims=True)
+            return (k - mean) * tf.math.rsqrt(variance + 1e-6)
+
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(kernel)
+            ours = models.standardize_filters(kernel)
+            theirs = reference(kernel)
+            loss_ours = tf.reduce_sum(ours * upstream)
+            loss_theirs = tf.reduce_sum(theirs * upstream)
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            tape.gradient(loss_ours, kernel).numpy(),
+            tape.gradient(loss_theirs, kernel).numpy(),
+            atol=1e-5,
+        )
+
+    def test_output_ignores_each_filters_scale_and_offset(self):
+        rng = np.random.default_rng(1)
+        kernel = rng.normal(size=(3, 3, 2, 5)).astype(np.float32)
+        images = rng.random((1, 8, 8, 2), np.float32)
+        standardized, _ = self._conv_pair(kernel)
+        before = standardized(images).numpy()
+        scale = rng.uniform(0.1, 10.0, 5).astype(np.float32)
+        offset = rng.normal(size=5).astype(np.float32)
+        standardized.set_weights([kernel * scale + offset])
+        np.testing.assert_allclose(standardized(images).numpy(), before, rtol=1e-3, atol=1e-3)
+
+    @parameterized.parameters("cnn", "resnet18", "mobilenetv2")
+    def test_group_norm_models_standardize_every_conv_that_feeds_a_norm(self, name):
+        model = _cached_model(name, (28, 28, 3))
+        fed_norm = {
+            layer._inbound_nodes[0].inbound_layers.name  # pylint: disable=protected-access
+            for layer in _layers_of_type(model, tf.keras.layers.GroupNormalization)
+        }
+        standardized = {l.name for l in _layers_of_type(model, models.StandardizedConv2D)}
+        plain_fed = {
+            l.name for l in model.layers
+            if l.name in fed_norm and type(l) is tf.keras.layers.Conv2D  # pylint: disable=unidiomatic-typecheck
+        }
+        self.assertNotEmpty(standardized)
+        self.assertEmpty(plain_fed)
+        self.assertTrue(standardized <= fed_norm, standardized - fed_norm)
+        # MobileNetV2's depthwise convolutions stay plain.
+        depthwise = _layers_of_type(model, tf.keras.layers.DepthwiseConv2D)
+        self.assertEqual(bool(depthwise), name == "mobilenetv2")
+        self.assertFalse(any(isinstance(l, models.StandardizedConv2D) for l in depthwise))
+
+    @parameterized.product(
+        name=("cnn", "resnet18", "mobilenetv2"),
+        norm_and_flag=(("batch", True), ("none", True), ("group", False)),
+    )
+    def test_only_group_norm_with_the_flag_standardizes(self, name, norm_and_flag):
+        norm, flag = norm_and_flag
+        model = models.build_model(
+            name, (28, 28, 1), _NUM_CLASSES, norm=norm, seed=0, weight_standardization=flag
+        )
+        self.assertEmpty(_layers_of_type(model, models.StandardizedConv2D))
+
+    def test_same_weights_and_parameter_count_as_plain_convs(self):
+        plain = models.build_model(
+            "resnet18", (28, 28, 3), _NUM_CLASSES, seed=3, weight_standardization=False
+        )
+        standardized = models.build_model("resnet18", (28, 28, 3), _NUM_CLASSES, seed=3)
+        self.assertEqual(models.count_params(plain), models.count_params(standardized))
+        self.assertTrue(_weights_equal(plain, standardized))
+
+    def test_model_config_round_trip(self):
+        model = _cached_model("resnet18", (28, 28, 1))
+        clone = tf.keras.Model.from_config(model.get_config())
+        self.assertLen(
+            _layers_of_type(clone, models.StandardizedConv2D),
+            len(_layers_of_type(model, models.StandardizedConv2D)),
+        )
+
+
 class ResNet18Test(parameterized.TestCase):
 
     @parameterized.parameters("batch", "group")

@@ -9,6 +9,8 @@ KeyboardInterrupt), and rerun. Metrics of every round and the final summary
 must match exactly. run_test.py covers SIGKILL of the runner process itself.
 """
 
+import dataclasses
+import json
 import os
 import pathlib
 import shutil
@@ -99,6 +101,25 @@ class ResumeTest(parameterized.TestCase):
             pd.read_csv(stopped_dir / "metrics.csv").drop(columns=_TIMING),
             pd.read_csv(full_dir / "metrics.csv").drop(columns=_TIMING),
         )
+
+
+
+class OutputDirSettingsTest(absltest.TestCase):
+
+    def test_run_recorded_before_weight_standardization_resumes_only_without_it(self):
+        # Runs from before the setting existed trained plain GroupNorm convolutions.
+        out = pathlib.Path(self.create_tempdir().full_path)
+        config = experiment.ExperimentConfig(output_dir=str(out), exclude="1;2;3")
+        recorded = config.result_fields()
+        del recorded["weight_standardization"]
+        (out / "flags.json").write_text(json.dumps(recorded))
+        with self.assertRaisesRegex(
+            experiment.ConfigError, "weight_standardization: False -> True"
+        ):
+            experiment.prepare_output_dir(config)
+        without = dataclasses.replace(config, weight_standardization=False)
+        self.assertEqual(experiment.prepare_output_dir(without), out)
+        self.assertEqual(json.loads((out / "flags.json").read_text()), recorded)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,11 @@ BASELINES = ("local", "centralized")
 STEP_HETEROGENEITY = ("none", "proportional")
 
 
+# Settings whose default changed after runs were recorded without them: the
+# value those runs had. Weight standardization came with default True.
+_DEFAULTS_BEFORE_CHANGE = {"weight_standardization": False}
+
+
 class ConfigError(ValueError):
     """An invalid experiment setting; the message is one line naming the fix."""
 
@@ -52,6 +57,7 @@ class ExperimentConfig:
     model: str = "resnet18"
     norm: str = "group"
     stem: str = "auto"
+    weight_standardization: bool = True
     algorithm: str = "fedavg"
     partition: str = "label_exclusion"
     num_clients: int = 3
@@ -321,8 +327,8 @@ def prepare_output_dir(config: ExperimentConfig) -> pathlib.Path:
                 f"{flags_path} is unreadable; use a new --output_dir or delete that file"
             ) from None
         current = config.result_fields()
-        # A run from before a setting existed ran with its default.
-        defaults = ExperimentConfig().result_fields()
+        # A run from before a setting existed ran with its default then.
+        defaults = {**ExperimentConfig().result_fields(), **_DEFAULTS_BEFORE_CHANGE}
         previous = {**{k: v for k, v in defaults.items() if k not in previous}, **previous}
         diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         if diff:
@@ -377,6 +383,7 @@ def setup(config: ExperimentConfig, allow_download: bool = True) -> Setup:
         norm=config.norm,
         stem=config.stem,
         seed=config.seed,
+        weight_standardization=config.weight_standardization,
     )
     return Setup(config, dataset, partition, prepare_output_dir(config))
 
@@ -452,6 +459,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
             norm=config.norm,
             stem=config.stem,
             seed=config.seed,
+            weight_standardization=config.weight_standardization,
         )
 
     def evaluate(model: tf.keras.Model) -> evaluation.EvalResult:
