@@ -116,10 +116,10 @@ def pipeline_options() -> tf.data.Options:
     With autotuning on, each iterator runs a background model thread, and in
     TF 2.14 destroying the iterator can block until that thread wakes, for
     ~10 s: at the end of a client's round inside the TFF worker or of a
-    Keras epoch. Measured on 2 cores, ResNet-18 epochs over 1080 images took
-    ~10 s or ~20.5 s at random (one in three), the stall in
-    `RootDataset::Iterator::~Iterator`; without autotuning every epoch took
-    ~10.5 s. These pipelines (a shuffle and one vectorized cast per batch)
+    Keras epoch. Measured on 2 cores, Keras epochs of ResNet-18 over 1080
+    images through this pipeline took 9-10.3 s, or 20.5 s (2 of 8), the stall
+    in `RootDataset::Iterator::~Iterator`; without autotuning all 8 took
+    8-12.5 s. These pipelines (a shuffle and one vectorized cast per batch)
     need no tuning: `AUTOTUNE` parallelism and prefetching then fall back to
     TF's static defaults.
     """
