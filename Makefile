@@ -1,6 +1,7 @@
 # tff-vision: entry points; each creates its own environment (.venv/) from nothing.
 #   make demo   - the demo experiment (RetinaMNIST, 3 label-excluding hospitals, FedAvg + baselines)
-#   make test   - the whole test suite
+#   make test   - style checks (ruff), then the whole test suite
+#   make lint   - style checks only: ruff check and ruff format --check
 # Everything installs into .venv/ from the fully pinned requirements.lock (TFF itself --no-deps:
 # its declared jax==0.4.14 pin is unsatisfiable, the lock holds a working set instead).
 
@@ -13,7 +14,7 @@ PYTEST_ARGS ?=
 DATA_DIR ?= $(if $(wildcard ../shared/medmnist/retinamnist.npz),../shared/medmnist,data)
 DEMO_ARGS ?=
 
-.PHONY: demo test env clean-env
+.PHONY: demo test lint env clean-env
 
 env: $(STAMP)
 
@@ -26,7 +27,11 @@ $(STAMP): requirements.lock setup.cfg
 demo: $(STAMP)
 	$(PY) -m experiments.run --flagfile=experiments/configs/demo.cfg --data_dir=$(DATA_DIR) $(DEMO_ARGS)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tff_vision experiments tests
+	$(VENV)/bin/ruff format --check tff_vision experiments tests
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-env:

@@ -24,12 +24,7 @@ import sys
 from absl import app, flags, logging
 
 from experiments.cli import fail, parse_flags
-from tff_vision import runtime
-
-runtime.quiet_tensorflow()
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from tff_vision import benchmark, models
+from tff_vision import benchmark, models, runtime
 from tff_vision import data as data_lib
 
 flags.DEFINE_list("suites", list(benchmark.SUITES), "Suites to run, in order.")

@@ -34,13 +34,8 @@ import sys
 from absl import app, flags, logging
 
 from experiments.cli import fail, parse_flags
-from tff_vision import runtime
-
-runtime.quiet_tensorflow()
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from tff_vision import data as data_lib
-from tff_vision import experiment, models, partition, privacy
+from tff_vision import experiment, models, partition, privacy, runtime
 from tff_vision.aggregators import AGGREGATORS
 from tff_vision.algorithms import ALGORITHM_INFO, ALGORITHMS, OPTIMIZERS, SCHEDULES, fedopt
 from tff_vision.client_data import AUGMENTATIONS

@@ -13,13 +13,12 @@ import pathlib
 import shutil
 import tempfile
 
+import fl_testing
 import numpy as np
 from absl.testing import absltest, parameterized
 
 from tff_vision import data as data_lib
 from tff_vision import experiment
-
-import fl_testing
 
 _ROUNDS = 6
 _COMMON = dict(fl_testing.RETINA_LABEL_EXCLUSION, rounds=_ROUNDS, eval_every=_ROUNDS)

@@ -26,7 +26,6 @@ def _batches(dataset):
 
 
 class RoundDatasetTest(parameterized.TestCase):
-
     def test_autotuning_is_off(self):
         # With it on, destroying each round's iterator can stall ~10 s (TF 2.14).
         dataset = _federated().round_dataset("0", 1)

@@ -75,7 +75,10 @@ class FedAvgOneRoundTest(parameterized.TestCase):
             client_optimizer = build_optimizer("sgd", client_lr, momentum)
             round_lrs = [client_lr] * rounds
         else:
-            client_optimizer = lambda lr: build_optimizer("sgd", lr, momentum)
+
+            def client_optimizer(lr):
+                return build_optimizer("sgd", lr, momentum)
+
             # Round r (1-based) trains at schedule(r - 1): 0.1, then 0.1 * (1 + cos(pi/4)) / 2.
             round_lrs = [client_lr, client_lr * 0.5 * (1 + np.cos(np.pi / 4))]
         process = build_fedavg(

@@ -4,8 +4,7 @@ import functools
 
 import numpy as np
 import tensorflow as tf
-from absl.testing import absltest
-from absl.testing import parameterized
+from absl.testing import absltest, parameterized
 
 from tff_vision import models, runtime
 
@@ -33,10 +32,14 @@ def _cached_model(name, input_shape, norm="group", include_top=True):
     return _build_cached(name, tuple(input_shape), norm, include_top)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build_cached(name, input_shape, norm, include_top):
     return models.build_model(
-        name, input_shape, _NUM_CLASSES, norm=norm, seed=0,
+        name,
+        input_shape,
+        _NUM_CLASSES,
+        norm=norm,
+        seed=0,
         include_top=include_top,
     )
 
@@ -53,7 +56,6 @@ def _weights_equal(model_a, model_b):
 
 
 class OutputShapeTest(parameterized.TestCase):
-
     def _check_logits(self, model, input_shape):
         images = np.random.default_rng(0).random((2, *input_shape))
         logits = model(images.astype(np.float32), training=False)
@@ -61,9 +63,7 @@ class OutputShapeTest(parameterized.TestCase):
         self.assertEqual(logits.dtype, tf.float32)
         self.assertTrue(np.all(np.isfinite(logits.numpy())))
 
-    @parameterized.product(
-        name=("cnn", "resnet18"), input_shape=_SMALL_SHAPES
-    )
+    @parameterized.product(name=("cnn", "resnet18"), input_shape=_SMALL_SHAPES)
     def test_logits_shape(self, name, input_shape):
         self._check_logits(_cached_model(name, input_shape), input_shape)
 
@@ -93,9 +93,7 @@ class OutputShapeTest(parameterized.TestCase):
 
     @parameterized.parameters("cnn", "resnet18", "mobilenetv2")
     def test_include_top_false_outputs_features(self, name):
-        model = _cached_model(
-            name, (28, 28, 3), norm="batch", include_top=False
-        )
+        model = _cached_model(name, (28, 28, 3), norm="batch", include_top=False)
         self.assertLen(model.output_shape, 2)
         self.assertNotIn("logits", [layer.name for layer in model.layers])
 
@@ -137,7 +135,6 @@ class MixedPrecisionTest(parameterized.TestCase):
 
 
 class WeightStandardizationTest(parameterized.TestCase):
-
     def _conv_pair(self, kernel):
         """A StandardizedConv2D holding `kernel` and a plain Conv2D, both built."""
         standardized = models.StandardizedConv2D(kernel.shape[-1], 3, use_bias=False)
@@ -201,10 +198,11 @@ class WeightStandardizationTest(parameterized.TestCase):
             layer._inbound_nodes[0].inbound_layers.name  # pylint: disable=protected-access
             for layer in _layers_of_type(model, tf.keras.layers.GroupNormalization)
         }
-        standardized = {l.name for l in _layers_of_type(model, models.StandardizedConv2D)}
+        standardized = {layer.name for layer in _layers_of_type(model, models.StandardizedConv2D)}
         plain_fed = {
-            l.name for l in model.layers
-            if l.name in fed_norm and type(l) is tf.keras.layers.Conv2D  # pylint: disable=unidiomatic-typecheck
+            layer.name
+            for layer in model.layers
+            if layer.name in fed_norm and type(layer) is tf.keras.layers.Conv2D  # pylint: disable=unidiomatic-typecheck
         }
         self.assertNotEmpty(standardized)
         self.assertEmpty(plain_fed)
@@ -212,7 +210,7 @@ class WeightStandardizationTest(parameterized.TestCase):
         # MobileNetV2's depthwise convolutions stay plain.
         depthwise = _layers_of_type(model, tf.keras.layers.DepthwiseConv2D)
         self.assertEqual(bool(depthwise), name == "mobilenetv2")
-        self.assertFalse(any(isinstance(l, models.StandardizedConv2D) for l in depthwise))
+        self.assertFalse(any(isinstance(layer, models.StandardizedConv2D) for layer in depthwise))
 
     @parameterized.product(
         name=("cnn", "resnet18", "mobilenetv2"),
@@ -243,18 +241,13 @@ class WeightStandardizationTest(parameterized.TestCase):
 
 
 class ResNet18Test(parameterized.TestCase):
-
     @parameterized.parameters("batch", "group")
     def test_param_count_matches_torchvision(self, norm):
-        model = models.build_model(
-            "resnet18", (224, 224, 3), 1000, norm=norm, stem="imagenet"
-        )
+        model = models.build_model("resnet18", (224, 224, 3), 1000, norm=norm, stem="imagenet")
         self.assertEqual(models.count_params(model)[0], _RESNET18_TRAINABLE)
 
     def test_param_count_without_top(self):
-        model = models.build_model(
-            "resnet18", (224, 224, 3), 1000, norm="batch", include_top=False
-        )
+        model = models.build_model("resnet18", (224, 224, 3), 1000, norm="batch", include_top=False)
         trainable, total = models.count_params(model)
         self.assertEqual(trainable, _RESNET18_TRAINABLE_NO_TOP)
         # BatchNorm moving mean/variance: 2 per channel, 20 BN layers.
@@ -269,12 +262,8 @@ class ResNet18Test(parameterized.TestCase):
         ((224, 224, 3), "cifar", (None, 224, 224, 64)),
     )
     def test_stem(self, input_shape, stem, layer1_shape):
-        model = models.build_model(
-            "resnet18", input_shape, 2, norm="none", stem=stem
-        )
-        self.assertEqual(
-            model.get_layer("layer1_0_relu2").output_shape, layer1_shape
-        )
+        model = models.build_model("resnet18", input_shape, 2, norm="none", stem=stem)
+        self.assertEqual(model.get_layer("layer1_0_relu2").output_shape, layer1_shape)
         has_maxpool = "maxpool" in [layer.name for layer in model.layers]
         # Only the imagenet stem (stride 2 conv + stride 2 pool) has a pool.
         self.assertEqual(has_maxpool, layer1_shape[1] * 4 == input_shape[0])
@@ -283,9 +272,16 @@ class ResNet18Test(parameterized.TestCase):
         model = models.build_model("resnet18", (28, 28, 3), 2, norm="batch")
         names = {layer.name for layer in model.layers}
         for expected in (
-            "conv1", "norm1", "layer1_0_conv1", "layer1_0_norm1",
-            "layer4_1_conv2", "layer4_1_norm2", "layer2_0_downsample_conv",
-            "layer2_0_downsample_norm", "avgpool", "logits",
+            "conv1",
+            "norm1",
+            "layer1_0_conv1",
+            "layer1_0_norm1",
+            "layer4_1_conv2",
+            "layer4_1_norm2",
+            "layer2_0_downsample_conv",
+            "layer2_0_downsample_norm",
+            "avgpool",
+            "logits",
         ):
             self.assertIn(expected, names)
         self.assertNotIn("layer1_0_downsample_conv", names)
@@ -304,14 +300,16 @@ class ResNet18Test(parameterized.TestCase):
 
 
 class ApplicationParamCountTest(parameterized.TestCase):
-
     @parameterized.parameters(
         (True, _MOBILENETV2_TRAINABLE, _MOBILENETV2_TOTAL),
         (False, _MOBILENETV2_TRAINABLE_NO_TOP, _MOBILENETV2_TOTAL_NO_TOP),
     )
     def test_mobilenetv2(self, include_top, trainable, total):
         model = models.build_model(
-            "mobilenetv2", (224, 224, 3), 1000, norm="batch",
+            "mobilenetv2",
+            (224, 224, 3),
+            1000,
+            norm="batch",
             include_top=include_top,
         )
         self.assertEqual(models.count_params(model), (trainable, total))
@@ -325,9 +323,7 @@ class ApplicationParamCountTest(parameterized.TestCase):
         self.assertEqual(models.count_params(model), (expected, expected))
 
     def test_resnet50_without_top(self):
-        model = models.build_model(
-            "resnet50", (224, 224, 3), 1000, norm="batch", include_top=False
-        )
+        model = models.build_model("resnet50", (224, 224, 3), 1000, norm="batch", include_top=False)
         self.assertEqual(
             models.count_params(model),
             (_RESNET50_TRAINABLE_NO_TOP, _RESNET50_TOTAL_NO_TOP),
@@ -335,10 +331,7 @@ class ApplicationParamCountTest(parameterized.TestCase):
 
 
 class NormTest(parameterized.TestCase):
-
-    @parameterized.product(
-        name=("cnn", "resnet18", "mobilenetv2"), norm=("group", "batch")
-    )
+    @parameterized.product(name=("cnn", "resnet18", "mobilenetv2"), norm=("group", "batch"))
     def test_norm_layer_types(self, name, norm):
         model = _cached_model(name, (28, 28, 1), norm=norm)
         group = _layers_of_type(model, tf.keras.layers.GroupNormalization)
@@ -351,7 +344,7 @@ class NormTest(parameterized.TestCase):
             self.assertEmpty(group)
         names = models.normalization_layer_names(model)
         self.assertNotEmpty(names)
-        self.assertEqual(sorted(names), sorted(l.name for l in group + batch))
+        self.assertEqual(sorted(names), sorted(layer.name for layer in group + batch))
         self.assertTrue(all("norm" in n for n in names), names)
 
     def test_norm_names_do_not_depend_on_norm_type(self):
@@ -375,29 +368,22 @@ class NormTest(parameterized.TestCase):
 
     def test_mobilenetv2_group_counts_divide_channels(self):
         model = _cached_model("mobilenetv2", (28, 28, 1), norm="group")
-        for layer in _layers_of_type(
-            model, tf.keras.layers.GroupNormalization
-        ):
+        for layer in _layers_of_type(model, tf.keras.layers.GroupNormalization):
             channels = layer.input_shape[-1]
             self.assertEqual(channels % layer.groups, 0, layer.name)
             self.assertEqual(layer.groups, models.num_groups(channels))
 
-    @parameterized.parameters(
-        (64, 32), (32, 32), (24, 24), (144, 24), (16, 16), (960, 32), (7, 7)
-    )
+    @parameterized.parameters((64, 32), (32, 32), (24, 24), (144, 24), (16, 16), (960, 32), (7, 7))
     def test_num_groups(self, channels, groups):
         self.assertEqual(models.num_groups(channels), groups)
 
 
 class SeedTest(parameterized.TestCase):
-
-    @parameterized.parameters(
-        ("cnn", "group"), ("resnet18", "batch"), ("mobilenetv2", "batch")
-    )
+    @parameterized.parameters(("cnn", "group"), ("resnet18", "batch"), ("mobilenetv2", "batch"))
     def test_same_seed_same_weights(self, name, norm):
-        build = lambda seed: models.build_model(
-            name, (28, 28, 3), 3, norm=norm, seed=seed
-        )
+        def build(seed):
+            return models.build_model(name, (28, 28, 3), 3, norm=norm, seed=seed)
+
         reference = build(7)
         self.assertTrue(_weights_equal(reference, build(7)))
         self.assertFalse(_weights_equal(reference, build(8)))
@@ -418,7 +404,6 @@ class SeedTest(parameterized.TestCase):
 
 
 class CountParamsTest(absltest.TestCase):
-
     def test_cnn(self):
         model = models.build_model("cnn", (28, 28, 1), 10, norm="batch")
         trainable, total = models.count_params(model)
@@ -428,7 +413,6 @@ class CountParamsTest(absltest.TestCase):
 
 
 class ValidationTest(parameterized.TestCase):
-
     @parameterized.named_parameters(
         ("unknown_name", dict(name="vgg16"), "Unknown model"),
         ("unknown_norm", dict(norm="layer"), "Unknown norm"),
@@ -443,9 +427,7 @@ class ValidationTest(parameterized.TestCase):
         ("bool_classes", dict(num_classes=True), "num_classes"),
     )
     def test_raises(self, overrides, message):
-        kwargs = dict(
-            name="resnet18", input_shape=(28, 28, 1), num_classes=2
-        )
+        kwargs = dict(name="resnet18", input_shape=(28, 28, 1), num_classes=2)
         kwargs.update(overrides)
         with self.assertRaisesRegex(models.ModelError, message):
             models.build_model(**kwargs)

@@ -145,7 +145,9 @@ class NotebookTest(absltest.TestCase):
             o.get("data", {}).get("text/html", "") for c in cells for o in c.get("outputs", [])
         )
         self.assertIn("0.771", html)  # The quoted FedAvg reference figure, next to the measured.
-        images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        images = [
+            o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+        ]
         self.assertLen(images, 3)  # Confusion matrix, partition, curves.
         self.assertTrue((out / "retinamnist" / "summary.json").exists())
 
@@ -168,7 +170,9 @@ class NotebookTest(absltest.TestCase):
         self.assertRegex(text, r"\| iid \| \*\*\d\.\d{3} / \d\.\d{3} \(n=1\)\*\* \|")
         self.assertIn("| label_exclusion |", text)
         self.assertIn("note: no finished dirichlet: cells; skipped", text)
-        images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        images = [
+            o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+        ]
         self.assertLen(images, 3)  # algorithms.png and one heat map per partition.
         self.assertTrue((sweep_dir / "report" / "table.md").exists())
         # Every cell ran as its own process: none may have left a worker behind.

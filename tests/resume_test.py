@@ -16,12 +16,11 @@ import pathlib
 import shutil
 import tempfile
 
+import fl_testing
 import pandas as pd
 from absl.testing import absltest, parameterized
 
 from tff_vision import experiment, runtime
-
-import fl_testing
 
 _ROUNDS = 4
 _STOP_AFTER = 2
@@ -103,9 +102,7 @@ class ResumeTest(parameterized.TestCase):
         )
 
 
-
 class OutputDirSettingsTest(absltest.TestCase):
-
     def test_run_recorded_before_weight_standardization_resumes_only_without_it(self):
         # Runs from before the setting existed trained plain GroupNorm convolutions.
         out = pathlib.Path(self.create_tempdir().full_path)

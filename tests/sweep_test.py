@@ -234,7 +234,9 @@ class StatusTest(absltest.TestCase):
         self.out = self.cell.output_dir(self.dir)
 
     def test_statuses_from_disk_and_record(self):
-        status = lambda record=None: sweep.disk_status(self.cell, self.dir, record)
+        def status(record=None):
+            return sweep.disk_status(self.cell, self.dir, record)
+
         self.assertEqual(status(), "pending")
         self.out.mkdir(parents=True)
         (self.out / "log.txt").write_text("attempt\n")

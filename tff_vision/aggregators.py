@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Optional, Union
 
 import dp_accounting
 import numpy as np
@@ -66,12 +65,10 @@ import tensorflow_privacy as tfp
 AGGREGATORS = ("mean", "dp", "secure", "compression", "robust")
 ADAPTIVE_CLIP = "adaptive"
 
-Factory = Union[
-    tff.aggregators.WeightedAggregationFactory, tff.aggregators.UnweightedAggregationFactory
-]
+Factory = tff.aggregators.WeightedAggregationFactory | tff.aggregators.UnweightedAggregationFactory
 
 
-def parse_dp_clip(value: Union[str, float]) -> Optional[float]:
+def parse_dp_clip(value: str | float) -> float | None:
     """`--dp_clip` as a positive float, or None for "adaptive".
 
     Raises:
@@ -92,7 +89,7 @@ def parse_dp_clip(value: Union[str, float]) -> Optional[float]:
 
 def check_dp_settings(
     noise_multiplier: float,
-    clip: Union[str, float],
+    clip: str | float,
     clients_per_round: int,
     target_quantile: float = 0.5,
 ) -> None:
@@ -145,7 +142,7 @@ def build_aggregator(
     *,
     clients_per_round: int = 1,
     dp_noise_multiplier: float = 1.0,
-    dp_clip: Union[str, float] = 1.0,
+    dp_clip: str | float = 1.0,
     dp_target_quantile: float = 0.5,
     noise_seed: int = 0,
 ) -> Aggregator:
@@ -225,7 +222,7 @@ def _insecure(computation):
 def dp_factory(
     noise_multiplier: float,
     clients_per_round: int,
-    clip: Union[str, float],
+    clip: str | float,
     target_quantile: float = 0.5,
     noise_seed: int = 0,
 ) -> tff.aggregators.UnweightedAggregationFactory:

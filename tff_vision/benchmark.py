@@ -45,7 +45,8 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,7 @@ class BenchmarkConfig:
 
     suites: tuple[str, ...] = SUITES
     dataset: str = "retinamnist"
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     allow_download: bool = False
     batch_size: int = 32
     client_lr: float = 0.05
@@ -112,7 +113,7 @@ class BenchmarkConfig:
     overhead_models: tuple[str, ...] = ("cnn", "resnet18")
     overhead_clients: tuple[int, ...] = (3, 10)
     overhead_rounds: int = 6
-    overhead_examples: Optional[int] = None
+    overhead_examples: int | None = None
     memory_model: str = "cnn"
     memory_rounds: tuple[int, int] = (20, 200)
     memory_clients: int = 10
@@ -124,20 +125,20 @@ class BenchmarkConfig:
     workers_counts: tuple[int, ...] = (2, 3, 4)
     workers_clients: int = 8
     workers_rounds: int = 5
-    workers_examples: Optional[int] = None
+    workers_examples: int | None = None
     workers_model: str = "cnn"
     max_concurrent_computation_calls: int = -1
-    worker_threads: Optional[int] = None
+    worker_threads: int | None = None
     op_determinism: str = "auto"
     mixed_precision: bool = False
 
     @classmethod
-    def full(cls, **overrides) -> "BenchmarkConfig":
+    def full(cls, **overrides) -> BenchmarkConfig:
         """The full benchmark (roughly 10-20 minutes on 2 idle cores)."""
         return cls(**overrides)
 
     @classmethod
-    def quick(cls, **overrides) -> "BenchmarkConfig":
+    def quick(cls, **overrides) -> BenchmarkConfig:
         """A reduced run, meant to finish in under 10 minutes on 2 idle cores."""
         values = dict(
             overhead_rounds=3,
@@ -192,7 +193,7 @@ class Row:
     setting: str
     data: str
     values: str
-    ratio: Optional[float]
+    ratio: float | None
     target: str
     met: str
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -231,15 +232,15 @@ class BenchmarkResult:
         }
 
     def write_json(self, path: os.PathLike) -> None:
-        from tff_vision import training  # pylint: disable=g-import-not-at-top
+        from tff_vision import fileio  # pylint: disable=g-import-not-at-top
 
-        training.write_json_atomic(path, self.as_dict())
+        fileio.write_json_atomic(path, self.as_dict())
 
 
 # ----------------------------------------------------------------------------- measurement helpers
 
 
-def process_tree_rss(pid: Optional[int] = None) -> dict[str, int]:
+def process_tree_rss(pid: int | None = None) -> dict[str, int]:
     """RSS in bytes of process `pid` (default: this one) and of the TFF workers it started.
 
     Returns:
@@ -306,7 +307,7 @@ def steady_seconds(seconds: Sequence[float]) -> float:
     return statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
 
 
-def _ratio(numerator: float, denominator: float) -> Optional[float]:
+def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator > 0 else None
 
 
@@ -314,7 +315,7 @@ def _yes(ok: bool) -> str:
     return "yes" if ok else "no"
 
 
-def _load_average() -> Optional[list[float]]:
+def _load_average() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
@@ -401,7 +402,7 @@ def _synthetic(num_examples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _real(config: BenchmarkConfig, limit: Optional[int]):
+def _real(config: BenchmarkConfig, limit: int | None):
     from tff_vision import data  # pylint: disable=g-import-not-at-top
 
     ds = data.load(config.dataset, 28, config.data_dir, allow_download=config.allow_download)

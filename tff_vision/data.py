@@ -21,7 +21,6 @@ import hashlib
 import io
 import os
 import pathlib
-from typing import Optional
 
 import numpy as np
 
@@ -74,7 +73,7 @@ class ImageDataset:
         return tuple(self.train.images.shape[1:])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def medmnist_info() -> dict:
     """Returns `medmnist.INFO`, silencing the package's import-time print."""
     try:
@@ -150,7 +149,7 @@ def _info_key(key: str, size: int) -> str:
     return key if size == 28 else f"{key}_{size}"
 
 
-def resolve_data_dir(data_dir: Optional[str] = None) -> pathlib.Path:
+def resolve_data_dir(data_dir: str | None = None) -> pathlib.Path:
     """The data directory: argument, else $TFF_VISION_DATA_DIR, else `data/`."""
     chosen = data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
     return pathlib.Path(chosen).expanduser()
@@ -198,7 +197,7 @@ def download(name: str, size: int, data_dir: pathlib.Path) -> pathlib.Path:
 
 
 def locate(
-    name: str, size: int = 28, data_dir: Optional[str] = None, allow_download: bool = True
+    name: str, size: int = 28, data_dir: str | None = None, allow_download: bool = True
 ) -> pathlib.Path:
     """Returns the verified path of a dataset file, downloading it if allowed."""
     info = dataset_info(name)
@@ -227,8 +226,8 @@ def locate(
 
 def load(
     name: str,
-    size: Optional[int] = 28,
-    data_dir: Optional[str] = None,
+    size: int | None = 28,
+    data_dir: str | None = None,
     allow_download: bool = True,
 ) -> ImageDataset:
     """Loads a 2D MedMNIST dataset with md5 verification, or a TFDS set (`tfds:NAME`).
@@ -307,7 +306,7 @@ def _tfds_name(name: str) -> str:
     return tfds_name
 
 
-def tfds_data_dir(data_dir: Optional[str] = None) -> pathlib.Path:
+def tfds_data_dir(data_dir: str | None = None) -> pathlib.Path:
     """The TFDS data directory: `<resolve_data_dir(data_dir)>/tfds`."""
     return resolve_data_dir(data_dir) / TFDS_SUBDIR
 
@@ -323,7 +322,7 @@ def _import_tfds():
     return tfds
 
 
-def _tfds_builder(name: str, data_dir: Optional[str]):
+def _tfds_builder(name: str, data_dir: str | None):
     """Returns `(tfds module, builder, TFDS data dir)` for `tfds:NAME`, or raises DataError."""
     tfds = _import_tfds()
     tfds_name = _tfds_name(name)
@@ -376,7 +375,7 @@ def _tfds_keys(tfds, builder, name: str) -> tuple[str, str, bool]:
     )
 
 
-def _tfds_size(name: str, size: Optional[int], shape: tuple) -> tuple[int, bool]:
+def _tfds_size(name: str, size: int | None, shape: tuple) -> tuple[int, bool]:
     """`(image side, whether to resize)` for the native image `shape` `(H, W, C)`."""
     height, width = shape[0], shape[1]
     if size is None:
@@ -444,8 +443,8 @@ def _read_tfds_split(tfds, builder, split: str, keys: tuple, size: int, resize: 
 
 def load_tfds(
     name: str,
-    size: Optional[int] = None,
-    data_dir: Optional[str] = None,
+    size: int | None = None,
+    data_dir: str | None = None,
     allow_download: bool = True,
 ) -> ImageDataset:
     """Loads a TFDS image classification set, `tfds:NAME`, as an `ImageDataset`.

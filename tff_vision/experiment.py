@@ -27,7 +27,8 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class ExperimentConfig:
 
     dataset: str = "retinamnist"
     size: int = 28
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     model: str = "resnet18"
     norm: str = "group"
     stem: str = "auto"
@@ -405,8 +406,10 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
     from tff_vision import (  # pylint: disable=g-import-not-at-top
         aggregators,
         algorithms,
+        baselines,
         client_data,
         evaluation,
+        fileio,
         models,
         plots,
         privacy,
@@ -421,7 +424,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
     determinism = runtime.set_op_determinism(config.op_determinism)
     precision = runtime.set_mixed_precision(config.mixed_precision)
 
-    training.write_json_atomic(out / "flags.json", config.result_fields())
+    fileio.write_json_atomic(out / "flags.json", config.result_fields())
     counts = partition.to_frame(dataset.train.labels, list(dataset.class_names))
     _write_csv_atomic(counts, out / "partition.csv")
     plots.plot_class_counts(counts, out / "partition.png", title=f"{config.partition} partition")
@@ -560,11 +563,11 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
     # --- baselines ---
     baseline_dir = out / "baselines"
     baseline_dir.mkdir(exist_ok=True)
-    jobs: list[tuple[str, Callable[[int], Any], Optional[str]]] = []
+    jobs: list[tuple[str, Callable[[int], Any], str | None]] = []
     if "local" in config.baselines:
         for cid in fed_data.client_ids:
             jobs.append(
-                (f"local_{cid}", training.client_round_datasets(fed_data.plain(), cid), cid)
+                (f"local_{cid}", baselines.client_round_datasets(fed_data.plain(), cid), cid)
             )
     if "centralized" in config.baselines:
         pooled = client_data.pooled_dataset(dataset.train.images, dataset.train.labels)
@@ -592,15 +595,15 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
         if model is None:
             model = build_keras()
             initial_weights = model.get_weights()
-            optimizer = training.keras_optimizer(
+            optimizer = baselines.keras_optimizer(
                 config.client_optimizer, config.client_lr, config.client_momentum
             )
-            train_epoch = training.epoch_trainer(model, optimizer, keras_model.loss())
+            train_epoch = baselines.epoch_trainer(model, optimizer, keras_model.loss())
         else:
             model.set_weights(initial_weights)
-            training.reset_optimizer(optimizer)
+            baselines.reset_optimizer(optimizer)
             optimizer.learning_rate = config.client_lr
-        training.train_keras_baseline(
+        baselines.train_keras_baseline(
             name,
             model,
             optimizer,
@@ -612,7 +615,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
             train_epoch=train_epoch,
         )
         result = evaluate(model).summary()
-        training.write_json_atomic(result_path, result)
+        fileio.write_json_atomic(result_path, result)
         baseline_results[name] = result
         printer(f"[{name}] final: {_fmt(result)}")
     if "local" in config.baselines:
@@ -658,13 +661,13 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
     summary["confusion_matrix"] = fed.final_eval.confusion.tolist()
     summary["device"] = device
     runtime.raise_if_interrupted()  # A swallowed Ctrl-C still leaves the run partial.
-    training.write_json_atomic(out / "summary.json", summary)
+    fileio.write_json_atomic(out / "summary.json", summary)
     printer(_final_report(summary))
     return summary
 
 
 def algorithm_settings(
-    config: ExperimentConfig, server, steps: Optional[dict[str, int]]
+    config: ExperimentConfig, server, steps: dict[str, int] | None
 ) -> dict[str, Any]:
     """summary.json's "algorithm" entry: what the federated run actually used."""
     out: dict[str, Any] = {"name": config.algorithm, "aggregator": config.aggregator}
@@ -689,7 +692,7 @@ def algorithm_settings(
 
 def client_steps(
     local_steps: int, heterogeneity: str, client_sizes: Sequence[int]
-) -> Optional[dict[str, int]]:
+) -> dict[str, int] | None:
     """Batches each client trains on per round, or None to use --local_epochs.
 
     Args:
@@ -730,16 +733,14 @@ class RoundData:
     epsilon needs.
     """
 
-    def __init__(
-        self, data, steps: Optional[dict[str, int]], batch_size: int, indexed: bool = False
-    ):
+    def __init__(self, data, steps: dict[str, int] | None, batch_size: int, indexed: bool = False):
         self._data = data
         self.steps = steps
         self.batch_size = batch_size
         self.indexed = indexed
-        self.current_round: Optional[int] = None
+        self.current_round: int | None = None
 
-    def plain(self) -> "RoundData":
+    def plain(self) -> RoundData:
         """The same data without client indices (for Keras baselines)."""
         return RoundData(self._data, self.steps, self.batch_size)
 

@@ -21,7 +21,8 @@ local.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -254,22 +255,13 @@ def build_model(
         ModelError: If any argument is invalid.
     """
     if name not in MODEL_NAMES:
-        raise ModelError(
-            f"Unknown model {name!r}; use one of {', '.join(MODEL_NAMES)}."
-        )
+        raise ModelError(f"Unknown model {name!r}; use one of {', '.join(MODEL_NAMES)}.")
     if norm not in NORMS:
-        raise ModelError(
-            f"Unknown norm {norm!r}; use one of {', '.join(NORMS)}."
-        )
+        raise ModelError(f"Unknown norm {norm!r}; use one of {', '.join(NORMS)}.")
     if stem not in STEMS:
-        raise ModelError(
-            f"Unknown stem {stem!r}; use one of {', '.join(STEMS)}."
-        )
+        raise ModelError(f"Unknown stem {stem!r}; use one of {', '.join(STEMS)}.")
     if stem != "auto" and name != "resnet18":
-        raise ModelError(
-            f"stem={stem!r} only applies to resnet18; use stem='auto' for "
-            f"{name!r}."
-        )
+        raise ModelError(f"stem={stem!r} only applies to resnet18; use stem='auto' for {name!r}.")
     input_shape = _validate_input_shape(input_shape)
     if (
         isinstance(num_classes, bool)
@@ -277,8 +269,7 @@ def build_model(
         or num_classes < 2
     ):
         raise ModelError(
-            f"num_classes must be an integer >= 2, got {num_classes!r}; use "
-            "2 for binary tasks."
+            f"num_classes must be an integer >= 2, got {num_classes!r}; use 2 for binary tasks."
         )
 
     seeds = _SeedStream(seed)
@@ -288,11 +279,7 @@ def build_model(
         features = _cnn_features(inputs, norm, seeds, standardize)
     elif name == "resnet18":
         if stem == "auto":
-            stem = (
-                "imagenet"
-                if min(input_shape[:2]) >= _IMAGENET_STEM_MIN_SIZE
-                else "small"
-            )
+            stem = "imagenet" if min(input_shape[:2]) >= _IMAGENET_STEM_MIN_SIZE else "small"
         features = _resnet18_features(inputs, norm, stem, seeds, standardize)
     else:
         features = _application_features(name, inputs, norm, seeds, standardize)
@@ -352,12 +339,16 @@ def _norm_layer(
     gamma = "zeros" if zero_gamma else "ones"
     if norm == "group":
         return tf.keras.layers.GroupNormalization(
-            groups=num_groups(channels), epsilon=epsilon, name=name,
+            groups=num_groups(channels),
+            epsilon=epsilon,
+            name=name,
             gamma_initializer=gamma,
         )
     if norm == "batch":
         return tf.keras.layers.BatchNormalization(
-            momentum=_RESNET18_BN_MOMENTUM, epsilon=epsilon, name=name,
+            momentum=_RESNET18_BN_MOMENTUM,
+            epsilon=epsilon,
+            name=name,
             gamma_initializer=gamma,
         )
     return None
@@ -393,24 +384,18 @@ def _conv_norm(
     return x if layer is None else layer(x)
 
 
-def _cnn_features(
-    inputs: tf.Tensor, norm: str, seeds: _SeedStream, standardize: bool
-) -> tf.Tensor:
+def _cnn_features(inputs: tf.Tensor, norm: str, seeds: _SeedStream, standardize: bool) -> tf.Tensor:
     """Small CNN trunk: 2 conv/pool blocks, GAP, dense 128."""
     x = inputs
     for i, filters in enumerate((32, 64), start=1):
-        x = _conv_norm(
-            x, filters, 3, 1, norm, seeds, f"conv{i}", f"norm{i}", standardize
-        )
+        x = _conv_norm(x, filters, 3, 1, norm, seeds, f"conv{i}", f"norm{i}", standardize)
         x = tf.keras.layers.ReLU(name=f"relu{i}")(x)
         x = tf.keras.layers.MaxPooling2D(2, padding="same", name=f"pool{i}")(x)
     x = tf.keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
     return tf.keras.layers.Dense(
         128,
         activation="relu",
-        kernel_initializer=tf.keras.initializers.GlorotUniform(
-            seed=seeds.next()
-        ),
+        kernel_initializer=tf.keras.initializers.GlorotUniform(seed=seeds.next()),
         name="fc1",
     )(x)
 
@@ -427,20 +412,42 @@ def _basic_block(
     """ResNet BasicBlock with a projection shortcut when the shape changes."""
     shortcut = x
     y = _conv_norm(
-        x, filters, 3, strides, norm, seeds,
-        f"{prefix}_conv1", f"{prefix}_norm1", standardize,
+        x,
+        filters,
+        3,
+        strides,
+        norm,
+        seeds,
+        f"{prefix}_conv1",
+        f"{prefix}_norm1",
+        standardize,
     )
     y = tf.keras.layers.ReLU(name=f"{prefix}_relu1")(y)
     # Zero-initialized last norm scale: each residual block starts as the
     # identity (Goyal et al., 2017), which trains markedly faster from scratch.
     y = _conv_norm(
-        y, filters, 3, 1, norm, seeds, f"{prefix}_conv2", f"{prefix}_norm2",
-        standardize, zero_gamma=True,
+        y,
+        filters,
+        3,
+        1,
+        norm,
+        seeds,
+        f"{prefix}_conv2",
+        f"{prefix}_norm2",
+        standardize,
+        zero_gamma=True,
     )
     if strides != 1 or x.shape[-1] != filters:
         shortcut = _conv_norm(
-            x, filters, 1, strides, norm, seeds,
-            f"{prefix}_downsample_conv", f"{prefix}_downsample_norm", standardize,
+            x,
+            filters,
+            1,
+            strides,
+            norm,
+            seeds,
+            f"{prefix}_downsample_conv",
+            f"{prefix}_downsample_norm",
+            standardize,
         )
     y = tf.keras.layers.Add(name=f"{prefix}_add")([y, shortcut])
     return tf.keras.layers.ReLU(name=f"{prefix}_relu2")(y)
@@ -453,21 +460,15 @@ def _resnet18_features(
     if stem == "imagenet":
         x = _conv_norm(inputs, 64, 7, 2, norm, seeds, "conv1", "norm1", standardize)
         x = tf.keras.layers.ReLU(name="relu1")(x)
-        x = tf.keras.layers.MaxPooling2D(
-            3, strides=2, padding="same", name="maxpool"
-        )(x)
+        x = tf.keras.layers.MaxPooling2D(3, strides=2, padding="same", name="maxpool")(x)
     else:
         strides = 2 if stem == "small" else 1
-        x = _conv_norm(
-            inputs, 64, 3, strides, norm, seeds, "conv1", "norm1", standardize
-        )
+        x = _conv_norm(inputs, 64, 3, strides, norm, seeds, "conv1", "norm1", standardize)
         x = tf.keras.layers.ReLU(name="relu1")(x)
     for stage, filters in enumerate((64, 128, 256, 512), start=1):
         for block in range(2):
             strides = 2 if (stage > 1 and block == 0) else 1
-            x = _basic_block(
-                x, filters, strides, norm, seeds, f"layer{stage}_{block}", standardize
-            )
+            x = _basic_block(x, filters, strides, norm, seeds, f"layer{stage}_{block}", standardize)
     return tf.keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
 
 
@@ -480,13 +481,9 @@ def _application_features(
     if min(height, width) < _MIN_APPLICATION_SIZE:
         height = max(height, _MIN_APPLICATION_SIZE)
         width = max(width, _MIN_APPLICATION_SIZE)
-        x = tf.keras.layers.Resizing(
-            height, width, interpolation="bilinear", name="resize"
-        )(x)
+        x = tf.keras.layers.Resizing(height, width, interpolation="bilinear", name="resize")(x)
     constructor: Callable[..., tf.keras.Model] = (
-        tf.keras.applications.ResNet50
-        if name == "resnet50"
-        else tf.keras.applications.MobileNetV2
+        tf.keras.applications.ResNet50 if name == "resnet50" else tf.keras.applications.MobileNetV2
     )
     template = constructor(
         weights=None,
@@ -592,20 +589,14 @@ def _replay(
                     name=new_name,
                 )
             else:
-                new_layer = bn_class.from_config(
-                    dict(layer_cfg, name=new_name)
-                )
+                new_layer = bn_class.from_config(dict(layer_cfg, name=new_name))
         else:
             if norm == "none" and name in fed_norm and "use_bias" in layer_cfg:
                 layer_cfg["use_bias"] = True
             layer_class = type(layer)
-            if (
-                standardize
-                and name in fed_norm
-                and layer_class is tf.keras.layers.Conv2D
-            ):
+            if standardize and name in fed_norm and layer_class is tf.keras.layers.Conv2D:
                 layer_class = StandardizedConv2D
             new_layer = layer_class.from_config(layer_cfg)
         outputs[name] = new_layer(call_input, **nodes[0][0][3])
-    (output_name, _, _), = config["output_layers"]
+    ((output_name, _, _),) = config["output_layers"]
     return outputs[output_name]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import threading
 from collections.abc import Sequence
 
 import matplotlib
@@ -19,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from tff_vision import fileio
 
 _DPI = 120
 _MAX_TICK_CHARS = 24
@@ -34,24 +35,18 @@ _LOSS_SERIES = (
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike) -> pathlib.Path:
-    """Writes `fig` as a PNG at `path` atomically, then closes it.
-
-    The figure is rendered to `<path>.tmp-<pid>-<thread>.png` in the same
-    directory and moved over `path`; on failure the temporary file is removed
-    and any existing file at `path` is left untouched.
+    """Writes `fig` as a PNG at `path` atomically (`fileio`), then closes it.
 
     Returns:
         `path` as a `pathlib.Path`.
     """
     path = pathlib.Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}.png")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
-        os.replace(tmp, path)
+        fileio.write_with_atomic(
+            path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
+        )
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any
 
 import dp_accounting
 from dp_accounting import pld, rdp
@@ -112,7 +112,7 @@ class PrivacyAccounting:
             self.noise_multiplier, self.sampling_rate, rounds, self.delta, self.accountant
         )
 
-    def report(self, rounds: int, epsilon: Optional[float] = None) -> dict[str, Any]:
+    def report(self, rounds: int, epsilon: float | None = None) -> dict[str, Any]:
         """The summary.json "privacy" entry for a run of `rounds` rounds."""
         return {
             "epsilon": self.epsilon(rounds) if epsilon is None else epsilon,

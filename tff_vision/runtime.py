@@ -67,7 +67,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 from absl import logging
 
@@ -148,10 +148,10 @@ class LocalWorker:
     def __init__(
         self,
         max_concurrent_computation_calls: int = -1,
-        log_path: Optional[os.PathLike] = None,
-        port: Optional[int] = None,
+        log_path: os.PathLike | None = None,
+        port: int | None = None,
         host: str = "127.0.0.1",
-        env: Optional[dict[str, str]] = None,
+        env: dict[str, str] | None = None,
     ):
         import portpicker  # pylint: disable=g-import-not-at-top
 
@@ -215,7 +215,7 @@ def _check_loopback(host: str) -> None:
         )
 
 
-def _make_stub(target: str, worker: Optional[LocalWorker] = None, timeout: float = 60.0):
+def _make_stub(target: str, worker: LocalWorker | None = None, timeout: float = 60.0):
     import grpc  # pylint: disable=g-import-not-at-top
     import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
@@ -351,9 +351,9 @@ def raise_if_interrupted() -> None:
 
 def start_local_context(
     max_concurrent_computation_calls: int = -1,
-    log_path: Optional[os.PathLike] = None,
+    log_path: os.PathLike | None = None,
     default_num_clients: int = 0,
-    env: Optional[dict[str, str]] = None,
+    env: dict[str, str] | None = None,
 ) -> LocalWorker:
     """Starts a managed local worker and installs it as TFF's default context.
 
@@ -393,8 +393,8 @@ def start_local_workers(
     n: int,
     host: str = "127.0.0.1",
     max_concurrent_computation_calls: int = -1,
-    log_dir: Optional[os.PathLike] = None,
-    env: Optional[dict[str, str]] = None,
+    log_dir: os.PathLike | None = None,
+    env: dict[str, str] | None = None,
 ) -> list[LocalWorker]:
     """Starts `n` managed `worker_binary` executor services reached through loopback.
 
@@ -431,8 +431,8 @@ def start_local_workers(
 def start_multi_worker_context(
     targets: Sequence[str],
     default_num_clients: int = 0,
-    num_subrounds: Optional[int] = None,
-    workers: Optional[Sequence[LocalWorker]] = None,
+    num_subrounds: int | None = None,
+    workers: Sequence[LocalWorker] | None = None,
     timeout: float = 60.0,
 ):
     """Installs TFF's mergeable-computation context over several executor services.
@@ -499,9 +499,9 @@ def start_multi_worker_context(
 def start_local_multi_worker_context(
     n: int,
     max_concurrent_computation_calls: int = -1,
-    log_dir: Optional[os.PathLike] = None,
+    log_dir: os.PathLike | None = None,
     default_num_clients: int = 0,
-    env: Optional[dict[str, str]] = None,
+    env: dict[str, str] | None = None,
 ) -> list[LocalWorker]:
     """`start_local_workers(n)` plus `start_multi_worker_context` over them.
 
@@ -617,7 +617,7 @@ def local_multi_worker_context(n: int, **kwargs) -> Iterator[list[LocalWorker]]:
         shutdown()
 
 
-def find_workers(owner_pid: Optional[int] = None) -> list[int]:
+def find_workers(owner_pid: int | None = None) -> list[int]:
     """PIDs of live `worker_binary` processes started by tff-vision.
 
     Args:

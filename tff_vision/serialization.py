@@ -20,7 +20,7 @@ TFF's own serializer unchanged.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from tensorflow_federated.proto.v0 import executor_pb2
@@ -38,7 +38,7 @@ _TFF_SERIALIZE_VALUE = value_serialization.serialize_value
 
 
 def serialize_value(
-    value: Any, type_spec: Optional[computation_types.Type] = None
+    value: Any, type_spec: computation_types.Type | None = None
 ) -> tuple[executor_pb2.Value, Any]:
     """Drop-in for TFF's `value_serialization.serialize_value` (same result, fewer copies)."""
     if not isinstance(

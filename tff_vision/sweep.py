@@ -251,7 +251,9 @@ def derived_exclude(fixed_flags: Mapping[str, str]) -> str:
     try:
         num_clients = int(text)
     except ValueError:
-        raise SweepError(f"--num_clients={text!r} is not an integer; pass e.g. --num_clients=3")
+        raise SweepError(
+            f"--num_clients={text!r} is not an integer; pass e.g. --num_clients=3"
+        ) from None
     try:
         num_classes = len(data_lib.dataset_info(dataset)["label"])
         excluded = partition_lib.exclude_per_client(num_clients, num_classes, 1)

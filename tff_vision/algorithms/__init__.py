@@ -19,7 +19,8 @@ client learning-rate schedule, which normalization layers).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from tff_vision import aggregators as aggregators_lib
 from tff_vision.algorithms.fedavg import build_fedavg
@@ -65,8 +66,8 @@ class AlgorithmInfo:
     description: str
     takes_aggregator: bool = True
     takes_schedule: bool = True
-    norms: Optional[tuple[str, ...]] = None
-    client_optimizers: Optional[tuple[str, ...]] = None
+    norms: tuple[str, ...] | None = None
+    client_optimizers: tuple[str, ...] | None = None
     takes_client_momentum: bool = True
     takes_dp: bool = True
     takes_secure: bool = True
@@ -121,12 +122,12 @@ def build_process(
     *,
     client_optimizer: OptimizerArg,
     server_optimizer: Any = None,
-    client_learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+    client_learning_rate_fn: Callable[[Any], Any] | None = None,
     model_aggregator: Any = None,
     proximal_strength: float = 0.0,
-    client_learning_rate: Optional[float] = None,
+    client_learning_rate: float | None = None,
     client_momentum: float = 0.0,
-    num_clients: Optional[int] = None,
+    num_clients: int | None = None,
 ):
     """Builds the `tff.learning.templates.LearningProcess` of algorithm `name`.
 

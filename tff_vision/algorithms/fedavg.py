@@ -10,7 +10,8 @@ plain FedAvg: new weights = example-weighted mean of the client weights).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import tensorflow_federated as tff
 
@@ -28,12 +29,11 @@ LOOP_IMPLEMENTATION = tff.learning.LoopImplementation.DATASET_ITERATOR
 
 def build_fedavg(
     model_fn: Callable[[], tff.learning.models.VariableModel],
-    client_optimizer: Union[
-        tff.learning.optimizers.Optimizer, Callable[[Any], tff.learning.optimizers.Optimizer]
-    ],
-    server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None,
-    model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
-    client_learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+    client_optimizer: tff.learning.optimizers.Optimizer
+    | Callable[[Any], tff.learning.optimizers.Optimizer],
+    server_optimizer: tff.learning.optimizers.Optimizer | None = None,
+    model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
+    client_learning_rate_fn: Callable[[Any], Any] | None = None,
 ) -> tff.learning.templates.LearningProcess:
     """Builds the FedAvg learning process.
 
@@ -67,7 +67,9 @@ def build_fedavg(
         )
     else:
         if isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
-            raise TypeError("with client_learning_rate_fn, pass client_optimizer as lr -> Optimizer")
+            raise TypeError(
+                "with client_learning_rate_fn, pass client_optimizer as lr -> Optimizer"
+            )
         process = tff.learning.algorithms.build_weighted_fed_avg_with_optimizer_schedule(
             model_fn,
             client_learning_rate_fn=client_learning_rate_fn,

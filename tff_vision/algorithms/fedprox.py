@@ -24,7 +24,8 @@ as a round counter in the process state so that a resumed run stays exact.
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -32,18 +33,18 @@ import tensorflow_federated as tff
 
 from tff_vision.algorithms import _client_loops, keras_model, optimizers
 
-OptimizerArg = Union[
-    tff.learning.optimizers.Optimizer, Callable[[Any], tff.learning.optimizers.Optimizer]
-]
+OptimizerArg = (
+    tff.learning.optimizers.Optimizer | Callable[[Any], tff.learning.optimizers.Optimizer]
+)
 
 
 def build_fedprox(
     model_fn: Callable[[], tff.learning.models.VariableModel],
     client_optimizer: OptimizerArg,
     proximal_strength: float,
-    server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None,
-    model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
-    client_learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+    server_optimizer: tff.learning.optimizers.Optimizer | None = None,
+    model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
+    client_learning_rate_fn: Callable[[Any], Any] | None = None,
     client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
 ) -> tff.learning.templates.LearningProcess:
     """Builds the FedProx learning process.
@@ -101,7 +102,7 @@ def build_proximal_client_work(
     model_fn: Callable[[], tff.learning.models.VariableModel],
     client_optimizer: OptimizerArg,
     proximal_strength: float,
-    client_learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+    client_learning_rate_fn: Callable[[Any], Any] | None = None,
     client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
 ) -> tff.learning.templates.ClientWorkProcess:
     """Client work of FedProx: local training on the proximal objective, model deltas out.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -48,7 +49,7 @@ SCHEDULES = ("constant", "cosine")
 
 def learning_rate_schedule(
     name: str, learning_rate: float, rounds: int
-) -> Optional[Callable[[Any], Any]]:
+) -> Callable[[Any], Any] | None:
     """A per-round learning-rate function, or None for a constant rate.
 
     Args:
