@@ -24,7 +24,7 @@ import sys
 from absl import app, flags, logging
 
 from experiments.cli import fail, parse_flags
-from tff_vision import benchmark, models, runtime
+from tff_vision import benchmark, devices, interrupts, models, runtime
 from tff_vision import data as data_lib
 
 flags.DEFINE_list("suites", list(benchmark.SUITES), "Suites to run, in order.")
@@ -58,7 +58,7 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     "op_determinism",
     "auto",
-    runtime.OP_DETERMINISM_MODES,
+    devices.OP_DETERMINISM_MODES,
     "TF op determinism for the Keras baseline and the TFF workers alike (auto: on with a GPU).",
 )
 
@@ -118,7 +118,7 @@ def config_from_flags() -> benchmark.BenchmarkConfig:
 
 
 def main(argv: list[str]) -> None:
-    runtime.install_interrupt_guard()
+    interrupts.install_interrupt_guard()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:

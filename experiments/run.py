@@ -35,7 +35,7 @@ from absl import app, flags, logging
 
 from experiments.cli import fail, parse_flags
 from tff_vision import data as data_lib
-from tff_vision import experiment, models, partition, privacy, runtime
+from tff_vision import devices, experiment, interrupts, models, partition, privacy, runtime
 from tff_vision.aggregators import AGGREGATORS
 from tff_vision.algorithms import ALGORITHM_INFO, ALGORITHMS, OPTIMIZERS, SCHEDULES, fedopt
 from tff_vision.client_data import AUGMENTATIONS
@@ -243,7 +243,7 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     "op_determinism",
     _DEFAULTS.op_determinism,
-    runtime.OP_DETERMINISM_MODES,
+    devices.OP_DETERMINISM_MODES,
     "TF op determinism (deterministic kernels, fixed op order): auto = on when a GPU is present. "
     "CPU runs reproduce exactly without it, ~10% faster.",
 )
@@ -275,7 +275,7 @@ def config_from_flags() -> experiment.ExperimentConfig:
 
 
 def main(argv: list[str]) -> None:
-    runtime.install_interrupt_guard()
+    interrupts.install_interrupt_guard()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TFF/TF info logs drown the progress lines.
     if len(argv) > 1:

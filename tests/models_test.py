@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import absltest, parameterized
 
-from tff_vision import models, runtime
+from tff_vision import devices, models
 
 _SMALL_SHAPES = ((28, 28, 1), (28, 28, 3), (64, 64, 1), (64, 64, 3))
 _NUM_CLASSES = 5
@@ -115,12 +115,12 @@ class OutputShapeTest(parameterized.TestCase):
 
 class MixedPrecisionTest(parameterized.TestCase):
     def tearDown(self):
-        runtime.set_mixed_precision(False)
+        devices.set_mixed_precision(False)
         super().tearDown()
 
     @parameterized.parameters("resnet18", "cnn", "mobilenetv2")
     def test_bfloat16_compute_float32_weights_and_logits(self, name):
-        self.assertEqual(runtime.set_mixed_precision(True), "mixed_bfloat16")
+        self.assertEqual(devices.set_mixed_precision(True), "mixed_bfloat16")
         model = models.build_model(name, (32, 32, 3), 4, seed=0)
         self.assertEqual(model.output.dtype, tf.float32)
         self.assertTrue(all(v.dtype == tf.float32 for v in model.weights))
@@ -128,7 +128,7 @@ class MixedPrecisionTest(parameterized.TestCase):
         self.assertEqual(convs[0].compute_dtype, "bfloat16")
         logits = model(np.random.default_rng(0).random((2, 32, 32, 3), np.float32))
         self.assertEqual(logits.dtype, tf.float32)
-        self.assertEqual(runtime.set_mixed_precision(False), "float32")
+        self.assertEqual(devices.set_mixed_precision(False), "float32")
         self.assertEqual(
             models.build_model(name, (32, 32, 3), 4, seed=0).layers[1].compute_dtype, "float32"
         )

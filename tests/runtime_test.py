@@ -10,7 +10,7 @@ import time
 import psutil
 from absl.testing import absltest
 
-from tff_vision import runtime
+from tff_vision import devices, runtime
 
 _SCRIPT = textwrap.dedent(
     """
@@ -110,9 +110,9 @@ class ShutdownTest(absltest.TestCase):
 _SWALLOWED_INTERRUPT_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    from tff_vision import runtime
+    from tff_vision import interrupts
     if sys.argv[1] == 'guard':
-        runtime.install_interrupt_guard()
+        interrupts.install_interrupt_guard()
 
     class Finalized:
         def __del__(self):
@@ -125,10 +125,10 @@ _SWALLOWED_INTERRUPT_SCRIPT = textwrap.dedent(
     Finalized()
     print('still running', flush=True)
     try:
-        runtime.raise_if_interrupted()
+        interrupts.raise_if_interrupted()
     except KeyboardInterrupt:
         print('interrupt raised', flush=True)
-    runtime.raise_if_interrupted()  # Once only.
+    interrupts.raise_if_interrupted()  # Once only.
     print('end', flush=True)
     """
 )
@@ -209,7 +209,7 @@ class OpDeterminismTest(absltest.TestCase):
 
     def tearDown(self):
         runtime.shutdown()
-        runtime.set_op_determinism("auto")
+        devices.set_op_determinism("auto")
         super().tearDown()
 
     def _worker_setting(self) -> str:
@@ -224,7 +224,7 @@ class OpDeterminismTest(absltest.TestCase):
 
         for mode, enabled, env_value in (("on", True, "1"), ("off", False, "0")):
             with self.subTest(mode):
-                self.assertEqual(runtime.set_op_determinism(mode), enabled)
+                self.assertEqual(devices.set_op_determinism(mode), enabled)
                 self.assertEqual(config.is_op_determinism_enabled(), enabled)
                 self.assertEqual(self._worker_setting(), env_value)
 
@@ -232,11 +232,11 @@ class OpDeterminismTest(absltest.TestCase):
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
         has_gpu = bool(tf.config.list_physical_devices("GPU"))
-        self.assertEqual(runtime.set_op_determinism("auto"), has_gpu)
+        self.assertEqual(devices.set_op_determinism("auto"), has_gpu)
 
     def test_unknown_mode_is_refused(self):
         with self.assertRaisesRegex(ValueError, "auto, on, off"):
-            runtime.set_op_determinism("always")
+            devices.set_op_determinism("always")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tff_vision import runtime
+from tff_vision import interrupts
 from tff_vision.progress import Progress
 
 
@@ -60,7 +60,7 @@ def train_keras_baseline(
     resumed = int(done.numpy())
     progress = Progress(name, rounds, printer=printer)
     for round_num in range(resumed + 1, rounds + 1):
-        runtime.raise_if_interrupted()
+        interrupts.raise_if_interrupted()
         t0 = time.monotonic()
         if learning_rate_fn is not None:
             optimizer.learning_rate = float(learning_rate_fn(round_num - 1))

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from tff_vision import runtime
+from tff_vision import devices, interrupts, runtime
 
 # Memory first by default: RSS is steadiest before other suites have come and gone.
 SUITES = ("memory", "overhead", "clients", "workers")
@@ -96,11 +96,11 @@ class BenchmarkConfig:
         max_concurrent_computation_calls: Passed to every TFF worker.
         worker_threads: If set, `TF_NUM_INTRAOP_THREADS` and
             `TF_NUM_INTEROP_THREADS` of the TFF workers.
-        op_determinism: `runtime.set_op_determinism` mode, applied alike to
+        op_determinism: `devices.set_op_determinism` mode, applied alike to
             this process (the Keras baseline) and the TFF workers, as the
             experiment runner does.
         mixed_precision: Build every model (Keras baseline and TFF clients
-            alike) under `runtime.set_mixed_precision`.
+            alike) under `devices.set_mixed_precision`.
     """
 
     suites: tuple[str, ...] = SUITES
@@ -172,9 +172,9 @@ class BenchmarkConfig:
             raise ValueError("client counts must be >= 1")
         if any(n < 1 for n in self.workers_counts):
             raise ValueError("worker counts must be >= 1")
-        if self.op_determinism not in runtime.OP_DETERMINISM_MODES:
+        if self.op_determinism not in devices.OP_DETERMINISM_MODES:
             raise ValueError(
-                f"op_determinism must be one of {', '.join(runtime.OP_DETERMINISM_MODES)}"
+                f"op_determinism must be one of {', '.join(devices.OP_DETERMINISM_MODES)}"
             )
 
     def worker_env(self) -> dict[str, str]:
@@ -287,7 +287,7 @@ class _Clock:
 
     def measure(self, key: str, fn: Callable[[], Any]) -> Any:
         """Runs `fn()`, appending its wall and CPU seconds under `key`; returns its result."""
-        runtime.raise_if_interrupted()
+        interrupts.raise_if_interrupted()
         cpu0, wall0 = self._cpu(), time.perf_counter()
         result = fn()
         self.wall.setdefault(key, []).append(time.perf_counter() - wall0)
@@ -816,9 +816,9 @@ def run(config: BenchmarkConfig, printer: Callable[[str], None] = print) -> Benc
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "cpu_count": os.cpu_count(),
         "load_average_start": _load_average(),
-        "devices": runtime.configure_devices(verbose=False),
-        "op_determinism": runtime.set_op_determinism(config.op_determinism),
-        "precision": runtime.set_mixed_precision(config.mixed_precision),
+        "devices": devices.configure_devices(verbose=False),
+        "op_determinism": devices.set_op_determinism(config.op_determinism),
+        "precision": devices.set_mixed_precision(config.mixed_precision),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "tensorflow_federated": tff.__version__,

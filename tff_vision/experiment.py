@@ -97,10 +97,10 @@ class ExperimentConfig:
     local_workers: int = 0
     # Fresh local TFF workers after every this many rounds (bounds their memory; 0 = never).
     restart_workers_every: int = 50
-    # TF op determinism: "auto" (on with a GPU), "on" or "off"; see runtime.set_op_determinism.
+    # TF op determinism: "auto" (on with a GPU), "on" or "off"; see devices.set_op_determinism.
     # Either way CPU runs reproduce exactly, but the two modes differ in the last bits.
     op_determinism: str = "auto"
-    # bfloat16 compute with float32 weights (see runtime.set_mixed_precision); for GPUs.
+    # bfloat16 compute with float32 weights (see devices.set_mixed_precision); for GPUs.
     mixed_precision: bool = False
 
     # Settings that do not change results: a resumed run may differ in these.
@@ -122,7 +122,7 @@ class ExperimentConfig:
     def validate(self) -> None:
         """Raises `ConfigError` for any setting that cannot work."""
         # pylint: disable=g-import-not-at-top
-        from tff_vision import aggregators, algorithms, client_data, models, privacy, runtime
+        from tff_vision import aggregators, algorithms, client_data, devices, models, privacy
 
         _check(self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}; pass e.g. --rounds=10")
         _check(
@@ -142,7 +142,7 @@ class ExperimentConfig:
         )
         _check(self.local_workers >= 0, f"--local_workers must be >= 0, got {self.local_workers}")
         _check(
-            self.op_determinism in runtime.OP_DETERMINISM_MODES,
+            self.op_determinism in devices.OP_DETERMINISM_MODES,
             f"--op_determinism must be auto, on or off, got {self.op_determinism!r}",
         )
         _check(
@@ -408,8 +408,10 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
         algorithms,
         baselines,
         client_data,
+        devices,
         evaluation,
         fileio,
+        interrupts,
         models,
         plots,
         privacy,
@@ -420,9 +422,9 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
 
     start = time.monotonic()
     config, dataset, partition, out = s.config, s.dataset, s.partition, s.output_dir
-    device = runtime.configure_devices(verbose=False)
-    determinism = runtime.set_op_determinism(config.op_determinism)
-    precision = runtime.set_mixed_precision(config.mixed_precision)
+    device = devices.configure_devices(verbose=False)
+    determinism = devices.set_op_determinism(config.op_determinism)
+    precision = devices.set_mixed_precision(config.mixed_precision)
 
     fileio.write_json_atomic(out / "flags.json", config.result_fields())
     counts = partition.to_frame(dataset.train.labels, list(dataset.class_names))
@@ -660,7 +662,7 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
     }
     summary["confusion_matrix"] = fed.final_eval.confusion.tolist()
     summary["device"] = device
-    runtime.raise_if_interrupted()  # A swallowed Ctrl-C still leaves the run partial.
+    interrupts.raise_if_interrupted()  # A swallowed Ctrl-C still leaves the run partial.
     fileio.write_json_atomic(out / "summary.json", summary)
     printer(_final_report(summary))
     return summary

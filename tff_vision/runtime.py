@@ -71,6 +71,8 @@ from collections.abc import Iterator, Sequence
 
 from absl import logging
 
+from tff_vision import childproc, devices
+
 OWNER_ENV = "TFF_VISION_OWNER_PID"
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
 _GRPC_OPTIONS = [
@@ -78,10 +80,7 @@ _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", _GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", _GRPC_MAX_MESSAGE_BYTES),
 ]
-_PR_SET_PDEATHSIG = 1
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-OP_DETERMINISM_MODES = ("auto", "on", "off")
 
 _workers: list["LocalWorker"] = []
 # gRPC channels of the stubs we made: closed by `shutdown()`, which also ends the thread gRPC
@@ -92,10 +91,6 @@ _channels: list = []
 _contexts: list = []
 _lock = threading.Lock()
 _hooks_installed = False
-# A SIGINT arrived (see `install_interrupt_guard`); its KeyboardInterrupt may have been swallowed.
-_interrupted = False
-# Whether workers started from now on run with TF op determinism (`set_op_determinism`).
-_op_determinism = False
 # How to start the current context again with fresh workers (see `restart_local_workers`);
 # None when there is no context of ours, or it has workers we did not start.
 _restart = None
@@ -113,17 +108,6 @@ def worker_binary_path() -> pathlib.Path:
     if not path.is_file():
         raise RuntimeSetupError(f"TFF worker binary missing at {path}; reinstall with `make env`")
     return path
-
-
-def _die_with_parent() -> None:  # Runs in the child between fork and exec.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except OSError:
-        pass
-    # Own process group: a Ctrl-C in the terminal reaches only Python, which
-    # then stops the worker itself, in order.
-    os.setpgid(0, 0)
 
 
 class LocalWorker:
@@ -164,8 +148,8 @@ class LocalWorker:
             f"--max_concurrent_computation_calls={max_concurrent_computation_calls}",
         ]
         child_env = dict(os.environ)
-        # TF's C++ runtime reads this: the worker follows `set_op_determinism`.
-        child_env["TF_DETERMINISTIC_OPS"] = "1" if _op_determinism else "0"
+        # TF's C++ runtime reads this: the worker follows `devices.set_op_determinism`.
+        child_env["TF_DETERMINISTIC_OPS"] = "1" if devices.op_determinism_enabled() else "0"
         # A worker on a GPU takes memory as it needs it, not the whole device up front.
         child_env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
         child_env.update(env or {})
@@ -178,7 +162,7 @@ class LocalWorker:
             stderr=subprocess.STDOUT,
             env=child_env,
             close_fds=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=childproc.die_with_parent(own_process_group=True),
         )
         logging.info("started TFF worker pid %d on port %d", self.process.pid, self.port)
 
@@ -317,36 +301,6 @@ def _install_exit_hooks() -> None:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) in (signal.SIG_DFL, None):
             signal.signal(signum, on_signal)
-
-
-def _on_sigint(signum, frame) -> None:
-    global _interrupted
-    _interrupted = True
-    signal.default_int_handler(signum, frame)  # Raises KeyboardInterrupt.
-
-
-def install_interrupt_guard() -> None:
-    """Makes Ctrl-C (SIGINT) also set a flag that `raise_if_interrupted` checks.
-
-    For programs that end on Ctrl-C (the runners). Only replaces Python's
-    default SIGINT handler, and only from the main thread: a notebook's or a
-    caller's own handler is left alone.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigint)
-
-
-def raise_if_interrupted() -> None:
-    """Raises KeyboardInterrupt once if a SIGINT arrived since the last such raise.
-
-    Its own KeyboardInterrupt may have been swallowed (see the module docstring).
-    """
-    global _interrupted
-    if _interrupted:
-        _interrupted = False
-        raise KeyboardInterrupt("interrupted (SIGINT)")
 
 
 def start_local_context(
@@ -636,80 +590,3 @@ def find_workers(owner_pid: int | None = None) -> list[int]:
         if owner is not None and (owner_pid is None or owner == str(owner_pid)):
             found.append(proc.info["pid"])
     return found
-
-
-def set_op_determinism(mode: str = "auto") -> bool:
-    """Turns TF op determinism on or off, here and in the TFF workers started afterwards.
-
-    Op determinism (`tf.config.experimental.enable_op_determinism`, and
-    `TF_DETERMINISTIC_OPS=1` for a `worker_binary`) picks deterministic GPU
-    kernels, refuses unseeded random ops and runs each graph's ops in one fixed
-    order. On CPU the kernels this package uses are reproducible without it
-    (two runs of the same experiment agree to the last bit), and the fixed op
-    order costs ~10% of a round (measured with `experiments.benchmark`), so
-    "auto" turns it on only when a GPU is present, where kernels such as cuDNN
-    convolution gradients otherwise vary from run to run.
-
-    Args:
-        mode: "on", "off" or "auto" (on when TF sees a GPU).
-
-    Returns:
-        Whether op determinism is now on.
-    """
-    global _op_determinism
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from tensorflow.python.framework import config  # pylint: disable=g-import-not-at-top
-
-    if mode not in OP_DETERMINISM_MODES:
-        raise ValueError(
-            f"unknown op determinism mode {mode!r}; use one of {', '.join(OP_DETERMINISM_MODES)}"
-        )
-    enabled = mode == "on" or (mode == "auto" and bool(tf.config.list_physical_devices("GPU")))
-    if enabled:
-        tf.config.experimental.enable_op_determinism()
-    else:
-        config.disable_op_determinism()
-    _op_determinism = enabled
-    return enabled
-
-
-def set_mixed_precision(enabled: bool) -> str:
-    """Sets the Keras dtype policy of the models built afterwards; returns its name.
-
-    On: "mixed_bfloat16" (float32 variables, bfloat16 compute; the models keep
-    float32 logits). bfloat16 has float32's exponent range, so, unlike float16,
-    it needs no loss scaling, which TFF's optimizers do not do. It pays on GPUs
-    with bfloat16 units (A100, H100/H200); on CPUs only with bfloat16
-    instructions (AVX512-BF16, AMX).
-    Client updates, aggregation and the server state stay float32.
-    """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    policy = "mixed_bfloat16" if enabled else "float32"
-    tf.keras.mixed_precision.set_global_policy(policy)
-    return policy
-
-
-def configure_devices(verbose: bool = True) -> str:
-    """Enables GPU memory growth when a GPU is present; returns a description."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # Already initialized.
-            pass
-    description = f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
-    if verbose:
-        logging.info("devices: %s", description)
-    return description
-
-
-def quiet_tensorflow() -> None:
-    """Silences TF's C++ logs (and its cuDNN noise on CPU); call before importing TF."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-def stderr_is_tty() -> bool:
-    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()

@@ -26,7 +26,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision import evaluation, runtime
+from tff_vision import evaluation, interrupts, runtime
 from tff_vision.progress import Progress
 
 EvalFn = Callable[[tf.keras.Model], evaluation.EvalResult]
@@ -141,7 +141,7 @@ class FederatedTrainer:
         progress = Progress("federated", self.rounds, printer=self.printer)
         final_eval = None
         for round_num in range(done + 1, self.rounds + 1):
-            runtime.raise_if_interrupted()
+            interrupts.raise_if_interrupted()
             t0 = time.monotonic()
             clients = self.data.sample_clients(round_num, self.clients_per_round)
             datasets = [self.data.round_dataset(c, round_num) for c in clients]
@@ -158,7 +158,7 @@ class FederatedTrainer:
             progress.update(round_num, row["seconds"], _progress_metrics(row))
             if runtime.restart_workers_after(round_num, self.restart_workers_every, self.rounds):
                 self.printer(f"[federated] fresh TFF worker(s) after round {round_num}")
-        runtime.raise_if_interrupted()
+        interrupts.raise_if_interrupted()
         if final_eval is None:  # Nothing left to run: evaluate the restored final state.
             final_eval = self.evaluate_state(state)
         return FederatedOutcome(state, final_eval, self.rounds, done, time.monotonic() - start)
