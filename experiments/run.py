@@ -34,13 +34,14 @@ import sys
 from absl import app, flags, logging
 
 from experiments.cli import fail, parse_flags
+from tff_vision import config as config_lib
 from tff_vision import data as data_lib
 from tff_vision import devices, experiment, interrupts, models, partition, privacy, runtime
 from tff_vision.aggregators import AGGREGATORS
 from tff_vision.algorithms import ALGORITHM_INFO, ALGORITHMS, OPTIMIZERS, SCHEDULES, fedopt
 from tff_vision.client_data import AUGMENTATIONS
 
-_DEFAULTS = experiment.ExperimentConfig()
+_DEFAULTS = config_lib.ExperimentConfig()
 
 # Data and partition.
 flags.DEFINE_string(
@@ -170,7 +171,7 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     "step_heterogeneity",
     _DEFAULTS.step_heterogeneity,
-    experiment.STEP_HETEROGENEITY,
+    config_lib.STEP_HETEROGENEITY,
     "With --local_steps: none = every client takes --local_steps; proportional = steps in "
     "proportion to client data size (--local_steps for a client of mean size).",
 )
@@ -217,7 +218,7 @@ flags.DEFINE_integer(
 flags.DEFINE_list(
     "baselines",
     [],
-    f"Comma-separated baselines trained in the same run: {', '.join(experiment.BASELINES)}.",
+    f"Comma-separated baselines trained in the same run: {', '.join(config_lib.BASELINES)}.",
 )
 flags.DEFINE_list(
     "workers",
@@ -259,19 +260,19 @@ flags.DEFINE_string("output_dir", None, "Where results and checkpoints go (requi
 FLAGS = flags.FLAGS
 
 _INPUT_ERRORS = (
-    experiment.ConfigError,
+    config_lib.ConfigError,
     data_lib.DataError,
     partition.PartitionError,
     models.ModelError,
 )
 
 
-def config_from_flags() -> experiment.ExperimentConfig:
+def config_from_flags() -> config_lib.ExperimentConfig:
     values = FLAGS.flag_values_dict()
     values["output_dir"] = values["output_dir"] or ""
     values["baselines"] = tuple(dict.fromkeys(values["baselines"]))
     values["workers"] = tuple(values["workers"])
-    return experiment.config_from_dict(values)
+    return config_lib.config_from_dict(values)
 
 
 def main(argv: list[str]) -> None:
@@ -286,7 +287,7 @@ def main(argv: list[str]) -> None:
         fail(str(e))
     try:
         experiment.run_setup(setup)
-    except (experiment.ConfigError, runtime.RuntimeSetupError) as e:  # E.g. a worker not up.
+    except (config_lib.ConfigError, runtime.RuntimeSetupError) as e:  # E.g. a worker not up.
         runtime.shutdown()
         fail(str(e))
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import fl_testing
 import numpy as np
 from absl.testing import absltest, parameterized
 
+from tff_vision import config as config_lib
 from tff_vision import data as data_lib
 from tff_vision import experiment
 
@@ -60,7 +61,7 @@ class AlgorithmsLearnTest(parameterized.TestCase):
 
     @parameterized.named_parameters((name, name) for name in ALGORITHM_SETTINGS)
     def test_beats_chance_on_retinamnist(self, algorithm):
-        config = experiment.config_from_dict(
+        config = config_lib.config_from_dict(
             dict(
                 _COMMON,
                 **ALGORITHM_SETTINGS[algorithm],

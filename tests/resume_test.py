@@ -20,6 +20,7 @@ import fl_testing
 import pandas as pd
 from absl.testing import absltest, parameterized
 
+from tff_vision import config as config_lib
 from tff_vision import experiment, runtime
 
 _ROUNDS = 4
@@ -72,7 +73,7 @@ class ResumeTest(parameterized.TestCase):
         super().tearDownClass()
 
     def _config(self, case, out):
-        return experiment.config_from_dict(dict(_COMMON, **CASES[case], output_dir=str(out)))
+        return config_lib.config_from_dict(dict(_COMMON, **CASES[case], output_dir=str(out)))
 
     @parameterized.named_parameters((name, name) for name in CASES)
     def test_stopped_run_resumes_exactly(self, case):
@@ -106,12 +107,12 @@ class OutputDirSettingsTest(absltest.TestCase):
     def test_run_recorded_before_weight_standardization_resumes_only_without_it(self):
         # Runs from before the setting existed trained plain GroupNorm convolutions.
         out = pathlib.Path(self.create_tempdir().full_path)
-        config = experiment.ExperimentConfig(output_dir=str(out), exclude="1;2;3")
+        config = config_lib.ExperimentConfig(output_dir=str(out), exclude="1;2;3")
         recorded = config.result_fields()
         del recorded["weight_standardization"]
         (out / "flags.json").write_text(json.dumps(recorded))
         with self.assertRaisesRegex(
-            experiment.ConfigError, "weight_standardization: False -> True"
+            config_lib.ConfigError, "weight_standardization: False -> True"
         ):
             experiment.prepare_output_dir(config)
         without = dataclasses.replace(config, weight_standardization=False)

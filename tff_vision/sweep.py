@@ -242,10 +242,10 @@ def derived_exclude(fixed_flags: Mapping[str, str]) -> str:
     the fixed flags or the run's defaults; the class count from the MedMNIST
     INFO table (no data is loaded).
     """
+    from tff_vision import config  # pylint: disable=g-import-not-at-top
     from tff_vision import data as data_lib  # pylint: disable=g-import-not-at-top
-    from tff_vision import experiment  # pylint: disable=g-import-not-at-top
 
-    defaults = experiment.ExperimentConfig()
+    defaults = config.ExperimentConfig()
     dataset = fixed_flags.get("dataset", defaults.dataset)
     text = fixed_flags.get("num_clients", str(defaults.num_clients))
     try:
