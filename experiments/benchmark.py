@@ -1,7 +1,7 @@
 """Measures FedAvg overhead, memory growth, client scaling and multi-worker execution.
 
 Prints one table (suite, setting, data, values, ratio, target, met) and, with
---output, writes it with the raw timings as JSON. See `tff_vision/benchmark.py`
+--output, writes it with the raw timings as JSON. See `experiments/benchmarking/`
 for what each suite measures. Timings are only meaningful on an otherwise
 idle machine; the JSON records the load averages before and after.
 
@@ -23,11 +23,12 @@ import sys
 
 from absl import app, flags, logging
 
+from experiments import benchmarking
 from experiments.cli import fail, parse_flags
-from tff_vision import benchmark, devices, interrupts, models, runtime
 from tff_vision import data as data_lib
+from tff_vision import devices, interrupts, models, runtime
 
-flags.DEFINE_list("suites", list(benchmark.SUITES), "Suites to run, in order.")
+flags.DEFINE_list("suites", list(benchmarking.SUITES), "Suites to run, in order.")
 flags.DEFINE_boolean("quick", False, "Reduced version (< 10 min on 2 idle cores).")
 flags.DEFINE_string("output", None, "Write the table and raw timings to this JSON file.")
 flags.DEFINE_string(
@@ -79,19 +80,31 @@ def _ints(name: str, values: list[str]) -> tuple[int, ...]:
     return ()  # Unreachable.
 
 
-def config_from_flags() -> benchmark.BenchmarkConfig:
+# Flag -> the `BenchmarkConfig` field it sets.
+_FIELD_OF_FLAG = {
+    "dataset": "dataset",
+    "data_dir": "data_dir",
+    "download": "allow_download",
+    "batch_size": "batch_size",
+    "max_concurrent_calls": "max_concurrent_computation_calls",
+    "worker_threads": "worker_threads",
+    "op_determinism": "op_determinism",
+    "mixed_precision": "mixed_precision",
+}
+# The same for flags whose default (None) leaves the preset's value.
+_FIELD_OF_OPTIONAL_FLAG = {
+    "rounds": "overhead_rounds",
+    "memory_restart_every": "memory_restart_every",
+}
+
+
+def config_from_flags() -> benchmarking.BenchmarkConfig:
     """The `BenchmarkConfig` the flags ask for."""
-    overrides = dict(
-        suites=tuple(FLAGS.suites),
-        dataset=FLAGS.dataset,
-        data_dir=FLAGS.data_dir,
-        allow_download=FLAGS.download,
-        batch_size=FLAGS.batch_size,
-        max_concurrent_computation_calls=FLAGS.max_concurrent_calls,
-        worker_threads=FLAGS.worker_threads,
-        op_determinism=FLAGS.op_determinism,
-        mixed_precision=FLAGS.mixed_precision,
-    )
+    overrides = {field: FLAGS[flag].value for flag, field in _FIELD_OF_FLAG.items()}
+    overrides["suites"] = tuple(FLAGS.suites)
+    for flag, field in _FIELD_OF_OPTIONAL_FLAG.items():
+        if FLAGS[flag].value is not None:
+            overrides[field] = FLAGS[flag].value
     if FLAGS.models:
         unknown = [m for m in FLAGS.models if m not in models.MODEL_NAMES]
         if unknown:
@@ -99,14 +112,11 @@ def config_from_flags() -> benchmark.BenchmarkConfig:
         overrides["overhead_models"] = tuple(FLAGS.models)
     if FLAGS.clients:
         overrides["overhead_clients"] = _ints("clients", FLAGS.clients)
-    if FLAGS.rounds is not None:
-        overrides["overhead_rounds"] = FLAGS.rounds
-    if FLAGS.memory_restart_every is not None:
-        overrides["memory_restart_every"] = FLAGS.memory_restart_every
     if FLAGS.workers:
         counts = _ints("workers", FLAGS.workers)
         overrides["workers_counts"] = counts
-    preset = benchmark.BenchmarkConfig.quick if FLAGS.quick else benchmark.BenchmarkConfig.full
+    config_cls = benchmarking.BenchmarkConfig
+    preset = config_cls.quick if FLAGS.quick else config_cls.full
     config = preset(**overrides)
     if config.workers_counts and max(config.workers_counts) > config.workers_clients:
         config = dataclasses.replace(config, workers_clients=max(config.workers_counts))
@@ -125,7 +135,7 @@ def main(argv: list[str]) -> None:
         fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
     config = config_from_flags()
     try:
-        result = benchmark.run(config, printer=lambda line: print(line, flush=True))
+        result = benchmarking.run(config, printer=lambda line: print(line, flush=True))
     except data_lib.DataError as e:
         fail(str(e))
     except KeyboardInterrupt:

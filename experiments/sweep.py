@@ -2,8 +2,8 @@
 
 Every cell is one `python -m experiments.run` subprocess writing into
 <sweep_dir>/cells/<cell name>/ (its stdout/stderr in log.txt there); progress,
-one line per cell, and a summary come here. See `tff_vision/sweep.py` for the
-design (status of a cell, sweep.json, resume, grid changes, Ctrl-C).
+one line per cell, and a summary come here. See the `tff_vision.sweep` package for
+the design (status of a cell, sweep.json, resume, grid changes, Ctrl-C).
 
 Example:
 
@@ -25,6 +25,7 @@ Exit status: 0 all cells done, 1 some cell failed (the others still ran),
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import sys
 import time
@@ -67,32 +68,29 @@ def _flag_text(flag: flags.Flag) -> str:
 
 
 def forwarded_flags() -> dict[str, str]:
-    """Every experiments.run flag set on the command line, except the swept ones.
+    """Every experiments.run flag set on the command line, by name (swept ones included).
 
-    Raises:
-        sweep.SweepError: If a swept flag (--partition, ...) was given.
+    `sweep.expand_grid` refuses the swept flags (--partition, ...) with a one-line error.
     """
     fixed = {}
     for flag in FLAGS.flags_by_module_dict().get(run_flags.__name__, []):
-        if not flag.present:
-            continue
-        if flag.name in sweep.SWEPT_FLAGS:
-            fix = "--sweep_dir" if flag.name == "output_dir" else f"--{flag.name}s"
-            raise sweep.SweepError(f"--{flag.name} is set per cell by the sweep; use {fix} instead")
-        if flag.value is not None:
+        if flag.present and flag.value is not None:
             fixed[flag.name] = _flag_text(flag)
     return dict(sorted(fixed.items()))
 
 
-def main(argv: list[str]) -> None:
-    start = time.monotonic()
+def _check_flags(argv: list[str]) -> None:
+    """Fails (exit 2, one line) for arguments that are not flags or a missing required flag."""
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
     if not FLAGS.sweep_dir:
         fail("--sweep_dir is required; pass e.g. --sweep_dir=runs/sweep1")
     if not FLAGS.partitions:
         fail("--partitions is required; pass e.g. --partitions=iid,dirichlet:0.5")
-    sweep_dir = pathlib.Path(FLAGS.sweep_dir).expanduser().resolve()
+
+
+def _plan(sweep_dir: pathlib.Path) -> tuple[list[sweep.Cell], sweep.SweepState, dict[str, str]]:
+    """The grid's cells, the recorded state and the fixed flags; fails (exit 2) on bad flags."""
     models = FLAGS.models or [FLAGS["model"].default]
     try:
         fixed = forwarded_flags()
@@ -103,44 +101,52 @@ def main(argv: list[str]) -> None:
         state.check_fixed_flags(fixed)
     except sweep.SweepError as e:
         fail(str(e))
-    grid = {
-        "partitions": sorted({c.partition for c in cells}, key=[c.partition for c in cells].index),
-        "algorithms": list(dict.fromkeys(c.algorithm for c in cells)),
-        "models": list(dict.fromkeys(c.model for c in cells)),
-        "seeds": list(dict.fromkeys(c.seed for c in cells)),
-    }
-    if FLAGS.dry_run:
-        change = sweep.SweepState(sweep_dir, state.to_dict() if state.exists else None).merge(
-            grid, cells, fixed
-        )
-        print(f"sweep {sweep_dir}: {len(cells)} cells (dry run, nothing is written)")
-        if change.describe():
-            print(change.describe())
-        print("\n".join(sweep.describe(state, cells)))
-        print(f"first cell: {' '.join(cells[0].command(sweep_dir)[1:])}")
-        return
+    return cells, state, fixed
+
+
+def _dry_run(
+    sweep_dir: pathlib.Path, state: sweep.SweepState, cells: list[sweep.Cell], fixed: dict[str, str]
+) -> None:
+    """Prints the cells, their status and the first command; writes nothing."""
+    change = state.copy().merge(sweep.grid_axes(cells), cells, fixed)
+    print(f"sweep {sweep_dir}: {len(cells)} cells (dry run, nothing is written)")
+    if change.describe():
+        print(change.describe())
+    print("\n".join(sweep.describe(state, cells)))
+    print(f"first cell: {' '.join(cells[0].command(sweep_dir)[1:])}")
+
+
+def _run(
+    sweep_dir: pathlib.Path, state: sweep.SweepState, cells: list[sweep.Cell], fixed: dict[str, str]
+) -> sweep.Outcome:
+    """Records the grid in sweep.json and runs its cells, holding the sweep dir's lock."""
+    say = functools.partial(print, flush=True)
     try:
         with sweep.lock_sweep_dir(sweep_dir):
-            change = state.merge(grid, cells, fixed)
+            change = state.merge(sweep.grid_axes(cells), cells, fixed)
             state.save()
-            print(
+            say(
                 f"sweep {sweep_dir}: {len(cells)} cells, up to {FLAGS.max_parallel} at a time; "
-                f"logs in cells/<name>/{sweep.LOG_FILE}",
-                flush=True,
+                f"logs in cells/<name>/{sweep.LOG_FILE}"
             )
             if change.describe():
-                print(change.describe(), flush=True)
-            runner = sweep.Runner(
-                state,
-                cells,
-                max_parallel=FLAGS.max_parallel,
-                printer=lambda line: print(line, flush=True),
-            )
-            outcome = runner.run()
+                say(change.describe())
+            return sweep.Runner(state, cells, max_parallel=FLAGS.max_parallel, printer=say).run()
     except sweep.SweepError as e:
         fail(str(e))
     except OSError as e:
         fail(f"cannot write to --sweep_dir={sweep_dir} ({e.strerror or e}); choose a writable one")
+
+
+def main(argv: list[str]) -> None:
+    start = time.monotonic()
+    _check_flags(argv)
+    sweep_dir = pathlib.Path(FLAGS.sweep_dir).expanduser().resolve()
+    cells, state, fixed = _plan(sweep_dir)
+    if FLAGS.dry_run:
+        _dry_run(sweep_dir, state, cells, fixed)
+        return
+    outcome = _run(sweep_dir, state, cells, fixed)
     out = sys.stderr if outcome.exit_code else sys.stdout
     for line in sweep.summary_lines(state, cells, outcome, time.monotonic() - start):
         print(line, file=out, flush=True)

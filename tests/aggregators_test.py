@@ -12,15 +12,14 @@
   random ops).
 """
 
+import fl_testing
 import numpy as np
 import tensorflow_federated as tff
 from absl.testing import absltest
-from fl_testing import NUM_EXAMPLES as _NUM_EXAMPLES
-from fl_testing import SHARED_MEDMNIST as _SHARED
 from fl_testing import local_sgd
 from fl_testing import tiny_model as _tiny_model
 
-from tff_vision import aggregators, client_data, data, partition, runtime
+from tff_vision import aggregators, runtime
 from tff_vision.algorithms import build_optimizer, build_process, keras_model
 
 _LR = 0.1
@@ -40,27 +39,12 @@ def _flat_measurements(tree, prefix=""):
     return out
 
 
-class AggregatorsTest(absltest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        ds = data.load("retinamnist", 28, data_dir=_SHARED, allow_download=False)
-        part = partition.make_partition(
-            "label_exclusion", ds.train.labels[:_NUM_EXAMPLES], 3, 5, seed=0, exclude="1;2;3"
-        )
-        cls.fed = client_data.FederatedData(
-            ds.train.images[:_NUM_EXAMPLES],
-            ds.train.labels[:_NUM_EXAMPLES],
-            part,
-            client_data.Preprocessing(batch_size=8, local_epochs=1, augment="none", seed=4),
-        )
-        cls.init = _tiny_model(seed=7).get_weights()
-        runtime.start_local_context()
+class AggregatorsTest(fl_testing.RetinaTestCase):
+    PREPROCESSING_SEED = 4
 
-    @classmethod
-    def tearDownClass(cls):
-        runtime.shutdown()
-        super().tearDownClass()
+    def setUp(self):
+        super().setUp()
+        self.init = _tiny_model(seed=7).get_weights()
 
     def _one_round(self, aggregator, algorithm="fedavg"):
         process = build_process(
@@ -72,8 +56,8 @@ class AggregatorsTest(absltest.TestCase):
         )
         model = _tiny_model()
         model.set_weights(self.init)
-        state = process.set_model_weights(process.initialize(), keras_model.initial_weights(model))
-        output = process.next(state, [self.fed.round_dataset(c, 1) for c in self.fed.client_ids])
+        state = fl_testing.initial_state(process, model)
+        output = process.next(state, fl_testing.round_datasets(self.fed, 1))
         weights = [np.asarray(w) for w in process.get_model_weights(output.state).trainable]
         return weights, _flat_measurements(output.metrics["aggregator"])
 

@@ -9,12 +9,9 @@ The exact update rules are checked elsewhere (fedavg_test.py, scaffold_test.py, 
 this shows that each algorithm, wired into the runner, trains a real model.
 """
 
-import pathlib
-import shutil
-import tempfile
-
 import fl_testing
 import numpy as np
+import run_testing
 from absl.testing import absltest, parameterized
 
 from tff_vision import config as config_lib
@@ -41,11 +38,10 @@ ALGORITHM_SETTINGS = {
 }
 
 
-class AlgorithmsLearnTest(parameterized.TestCase):
+class AlgorithmsLearnTest(run_testing.RunnerTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix="tff_vision_algorithms_learn_"))
         data = data_lib.load(
             "retinamnist", 28, str(fl_testing.SHARED_MEDMNIST), allow_download=False
         )
@@ -53,11 +49,6 @@ class AlgorithmsLearnTest(parameterized.TestCase):
         test_labels = data.test.labels.reshape(-1)
         commonest = np.bincount(train_labels).argmax()
         cls.majority_accuracy = float(np.mean(test_labels == commonest))
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-        super().tearDownClass()
 
     @parameterized.named_parameters((name, name) for name in ALGORITHM_SETTINGS)
     def test_beats_chance_on_retinamnist(self, algorithm):

@@ -5,60 +5,28 @@ a small CNN (see tests/run_test.py for the runner's general behaviour).
 """
 
 import json
-import os
-import pathlib
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import pandas as pd
+import run_testing
 from absl.testing import absltest, parameterized
 
 from tff_vision import privacy
 
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
-_SHARED = _ROOT.parent / "shared" / "medmnist"
-_BASE_FLAGS = [
-    "--dataset=retinamnist",
-    f"--data_dir={_SHARED}",
-    "--model=cnn",
-    "--partition=label_exclusion",
-    "--num_clients=3",
-    "--exclude=1;2;3",
-    "--rounds=2",
-    "--eval_every=1",
-    "--client_optimizer=sgd",
-    "--client_lr=0.05",
-    "--batch_size=32",
-    "--local_epochs=1",
-    "--augment=none",
-]
+_BASE_FLAGS = run_testing.runner_flags(
+    rounds=2,
+    eval_every=1,
+    client_optimizer="sgd",
+    client_lr=0.05,
+    local_epochs=1,
+    augment="none",
+)
 
 
 def _run(*flags, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.run", *_BASE_FLAGS, *flags],
-        cwd=_ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(_ROOT)),
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        timeout=timeout,
-    )
+    return run_testing.run_runner(*_BASE_FLAGS, *flags, timeout=timeout)
 
 
-class AlgorithmsRunTest(parameterized.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix="tff_vision_algorithms_run_"))
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-        super().tearDownClass()
-
+class AlgorithmsRunTest(run_testing.RunnerTestCase):
     def test_dp_fedprox_with_local_steps_reports_privacy(self):
         out = self.tmp / "dp"
         result = _run(
@@ -71,8 +39,7 @@ class AlgorithmsRunTest(parameterized.TestCase):
             "--local_steps=2",
             f"--output_dir={out}",
         )
-        self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
-        summary = json.loads((out / "summary.json").read_text())
+        summary = self.assertFinished(result, out)
         delta = 1 / 1080  # Default: 1 / training examples.
         self.assertEqual(
             summary["privacy"],
@@ -108,8 +75,7 @@ class AlgorithmsRunTest(parameterized.TestCase):
             "--rounds=1",
             f"--output_dir={out}",
         )
-        self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
-        summary = json.loads((out / "summary.json").read_text())
+        summary = self.assertFinished(result, out)
         self.assertEqual(summary["federated"]["rounds"], 1)
         self.assertNotIn("privacy", summary)
         metrics = pd.read_csv(out / "metrics.csv")
@@ -120,10 +86,9 @@ class AlgorithmsRunTest(parameterized.TestCase):
         result = _run(
             "--mixed_precision", "--rounds=2", "--baselines=centralized", f"--output_dir={out}"
         )
-        self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
+        summary = self.assertFinished(result, out)
         self.assertIn("mixed_bfloat16", result.stdout)
         self.assertTrue(json.loads((out / "flags.json").read_text())["mixed_precision"])
-        summary = json.loads((out / "summary.json").read_text())
         for section in (summary["federated"], summary["centralized"]):
             self.assertGreater(section["test_auc"], 0.5)
             self.assertTrue(0 <= section["test_accuracy"] <= 1)
@@ -144,11 +109,7 @@ class AlgorithmsRunTest(parameterized.TestCase):
     def test_bad_combination_one_line_exit_2(self, flags, expected):
         out = self.tmp / "bad"
         result = _run(*flags, f"--output_dir={out}", timeout=120)
-        self.assertEqual(result.returncode, 2, msg=result.stderr[-2000:])
-        lines = result.stderr.strip().splitlines()
-        self.assertLen(lines, 1, msg=result.stderr)
-        self.assertStartsWith(lines[0], "error: ")
-        self.assertIn(expected, lines[0])
+        self.assertOneLineError(result, expected)
         self.assertFalse(out.exists())
 
 

@@ -8,7 +8,8 @@ import sys
 
 from absl.testing import absltest
 
-from tff_vision import benchmark, runtime
+from experiments import benchmarking
+from tff_vision import runtime
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _SHARED = _ROOT.parent / "shared" / "medmnist"
@@ -28,7 +29,7 @@ def _smallest(**overrides):
         workers_examples=96,
     )
     values.update(overrides)
-    return benchmark.BenchmarkConfig.quick(**values)
+    return benchmarking.BenchmarkConfig.quick(**values)
 
 
 class BenchmarkTest(absltest.TestCase):
@@ -38,7 +39,7 @@ class BenchmarkTest(absltest.TestCase):
 
     def test_smallest_run_table_and_json(self):
         lines = []
-        result = benchmark.run(_smallest(), printer=lines.append)
+        result = benchmarking.run(_smallest(), printer=lines.append)
         self.assertTrue(lines)
         self.assertEqual([r.suite for r in result.rows], ["overhead", "workers"])
         for row in result.rows:
@@ -66,16 +67,16 @@ class BenchmarkTest(absltest.TestCase):
         self.assertEqual(runtime.find_workers(os.getpid()), [])
 
         frame = result.frame()
-        self.assertEqual(list(frame.columns), list(benchmark.COLUMNS))
+        self.assertEqual(list(frame.columns), list(benchmarking.COLUMNS))
         self.assertLen(frame, 2)
         table = result.table()
-        for column in benchmark.COLUMNS:
+        for column in benchmarking.COLUMNS:
             self.assertIn(column, table)
 
         path = pathlib.Path(self.create_tempdir().full_path) / "bench.json"
         result.write_json(path)
         saved = json.loads(path.read_text())
-        self.assertEqual(saved["columns"], list(benchmark.COLUMNS))
+        self.assertEqual(saved["columns"], list(benchmarking.COLUMNS))
         self.assertLen(saved["rows"], 2)
         self.assertEqual(saved["config"]["suites"], ["overhead", "workers"])
         self.assertEqual(saved["meta"]["cpu_count"], os.cpu_count())
@@ -90,7 +91,7 @@ class BenchmarkTest(absltest.TestCase):
             memory_clients=2,
             examples_per_client=16,
         )
-        result = benchmark.run(config, printer=lambda line: None)
+        result = benchmarking.run(config, printer=lambda line: None)
         memory, datasets_only = result.rows
         self.assertEqual((memory.suite, datasets_only.suite), ("memory", "memory"))
         details = memory.details
@@ -103,9 +104,9 @@ class BenchmarkTest(absltest.TestCase):
         self.assertEqual(runtime.find_workers(os.getpid()), [])
 
     def test_helpers_and_validation(self):
-        self.assertEqual(benchmark.steady_seconds([5.0]), 5.0)
-        self.assertEqual(benchmark.steady_seconds([9.0, 1.0, 3.0, 2.0]), 2.0)
-        rss = benchmark.process_tree_rss()
+        self.assertEqual(benchmarking.steady_seconds([5.0]), 5.0)
+        self.assertEqual(benchmarking.steady_seconds([9.0, 1.0, 3.0, 2.0]), 2.0)
+        rss = benchmarking.process_tree_rss()
         self.assertGreater(rss["self"], 0)
         self.assertEqual(rss["total"], rss["self"] + rss["workers"])
         with self.assertRaisesRegex(ValueError, "unknown suite"):
@@ -116,12 +117,19 @@ class BenchmarkTest(absltest.TestCase):
             _smallest(memory_restart_every=-1).validate()
         with self.assertRaisesRegex(ValueError, "workers_clients"):
             _smallest(workers_counts=(4,), workers_clients=3).validate()
-        quick, full = benchmark.BenchmarkConfig.quick(), benchmark.BenchmarkConfig.full()
+        quick, full = benchmarking.BenchmarkConfig.quick(), benchmarking.BenchmarkConfig.full()
         self.assertLess(quick.memory_rounds[1], full.memory_rounds[1])
         self.assertEqual(full.memory_rounds, (20, 200))
-        self.assertEqual(
-            benchmark.BenchmarkConfig(worker_threads=2).worker_env()["TF_NUM_INTRAOP_THREADS"], "2"
+        row = benchmarking.Row.ratio_at_most(
+            1.15, suite="s", setting="x", data="real", values="v", ratio=None, details={}
         )
+        self.assertEqual((row.target, row.met), ("<= 1.15", "no"))
+        row = benchmarking.Row.growth_below_5_percent(
+            100, 104, suite="s", setting="x", data="synthetic", values="v", details={}
+        )
+        self.assertEqual((row.target, row.met, row.ratio), ("growth < 5%", "yes", 1.04))
+        env = benchmarking.BenchmarkConfig(worker_threads=2).worker_env()
+        self.assertEqual(env["TF_NUM_INTRAOP_THREADS"], "2")
 
     def test_runner_rejects_bad_flags(self):
         proc = subprocess.run(

@@ -69,5 +69,40 @@ class RoundDatasetTest(parameterized.TestCase):
         self.assertEqual(fed.sample_clients(5, 3), fed.client_ids)
 
 
+class RoundDataTest(parameterized.TestCase):
+    def test_client_steps(self):
+        self.assertIsNone(client_data.client_steps(0, "none", [10, 20, 30]))
+        self.assertEqual(
+            client_data.client_steps(4, "none", [10, 20, 30]), {"0": 4, "1": 4, "2": 4}
+        )
+        # Proportional: a client of mean size (20) takes 4; never fewer than 1.
+        self.assertEqual(
+            client_data.client_steps(4, "proportional", [1, 20, 39]), {"0": 1, "1": 4, "2": 8}
+        )
+        with self.assertRaisesRegex(ValueError, "--step_heterogeneity"):
+            client_data.client_steps(4, "sometimes", [10, 20])
+
+    def test_round_datasets_take_exactly_the_steps_in_full_batches(self):
+        fed = _federated(batch_size=8)
+        data = client_data.RoundData(fed, {"0": 5, "1": 1, "2": 2}, batch_size=8)
+        for cid, steps in data.steps.items():
+            batches = _batches(data.round_dataset(cid, 1))
+            self.assertLen(batches, steps)
+            self.assertTrue(all(len(y) == 8 for _, y in batches))
+        self.assertEqual(data.client_ids, fed.client_ids)  # The rest is the wrapped data's.
+
+    def test_indexed_round_datasets_and_current_round(self):
+        data = client_data.RoundData(_federated(), None, batch_size=8, indexed=True)
+        self.assertEqual(data.sample_clients(3, 2), _federated().sample_clients(3, 2))
+        self.assertEqual(data.current_round, 3)
+        index, dataset = data.round_dataset("2", 3)
+        self.assertEqual(index, 2)
+        plain = _batches(data.plain().round_dataset("2", 3))
+        np.testing.assert_array_equal(
+            np.concatenate([y for _, y in _batches(dataset)]),
+            np.concatenate([y for _, y in plain]),
+        )
+
+
 if __name__ == "__main__":
     absltest.main()

@@ -8,35 +8,24 @@ on a fresh Keras model over exactly the batches the TFF client receives, and
 the average is taken in numpy.
 """
 
+import fl_testing
 import numpy as np
 from absl.testing import absltest, parameterized
-from fl_testing import NUM_EXAMPLES as _NUM_EXAMPLES
-from fl_testing import SHARED_MEDMNIST as _SHARED
-from fl_testing import local_sgd as _local_sgd
 from fl_testing import tiny_model as _tiny_model
 
-from tff_vision import client_data, data, models, partition, runtime
+from tff_vision import client_data, models
 from tff_vision.algorithms import (
     build_fedavg,
     build_optimizer,
     keras_model,
-    learning_rate_schedule,
 )
 
 
-class FedAvgOneRoundTest(parameterized.TestCase):
+class FedAvgOneRoundTest(fl_testing.LocalContextTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        ds = data.load("retinamnist", 28, data_dir=_SHARED, allow_download=False)
-        cls.images = ds.train.images[:_NUM_EXAMPLES]
-        cls.labels = ds.train.labels[:_NUM_EXAMPLES]
-        runtime.start_local_context()
-
-    @classmethod
-    def tearDownClass(cls):
-        runtime.shutdown()
-        super().tearDownClass()
+        cls.arrays = fl_testing.retina_arrays()
 
     @parameterized.named_parameters(
         ("sgd_one_epoch", 0.1, 0.0, 1, 1.0, "none", "constant"),
@@ -56,64 +45,39 @@ class FedAvgOneRoundTest(parameterized.TestCase):
         schedule_name,
         skip_random_init=False,
     ):
-        part = partition.make_partition(
-            "label_exclusion", self.labels, 3, 5, seed=0, exclude="1;2;3"
+        fed = fl_testing.retina_federated(
+            3, arrays=self.arrays, local_epochs=local_epochs, augment=augment
         )
+        part = fed.partition
         # Uneven client sizes make the example weighting matter.
         self.assertGreater(len(set(part.sizes)), 1)
-        fed = client_data.FederatedData(
-            self.images,
-            self.labels,
-            part,
-            client_data.Preprocessing(
-                batch_size=8, local_epochs=local_epochs, augment=augment, seed=3
-            ),
-        )
         rounds = 2
-        schedule = learning_rate_schedule(schedule_name, client_lr, rounds=4)
-        if schedule is None:
-            client_optimizer = build_optimizer("sgd", client_lr, momentum)
-            round_lrs = [client_lr] * rounds
-        else:
-
-            def client_optimizer(lr):
-                return build_optimizer("sgd", lr, momentum)
-
-            # Round r (1-based) trains at schedule(r - 1): 0.1, then 0.1 * (1 + cos(pi/4)) / 2.
-            round_lrs = [client_lr, client_lr * 0.5 * (1 + np.cos(np.pi / 4))]
+        schedule, client_optimizer, round_lrs = fl_testing.client_sgd(
+            schedule_name, client_lr, momentum, rounds
+        )
         process = build_fedavg(
             keras_model.model_fn(_tiny_model, fed.element_spec, skip_random_init=skip_random_init),
             client_optimizer,
             build_optimizer("sgd", server_lr),
             client_learning_rate_fn=schedule,
         )
-        init = _tiny_model(seed=7)
-        state = process.set_model_weights(process.initialize(), keras_model.initial_weights(init))
-        weights = init.get_weights()
-        for round_num, lr in zip(range(1, rounds + 1), round_lrs):
-            output = process.next(state, [fed.round_dataset(c, round_num) for c in fed.client_ids])
-            state = output.state
-            tff_weights = process.get_model_weights(state).trainable
-
-            local = [
-                _local_sgd(weights, fed.round_dataset(c, round_num), lr, momentum)
-                for c in fed.client_ids
-            ]
-            counts = np.array([n for _, n in local], dtype=np.float64)
+        for round_num, lr, weights, output, tff_weights in fl_testing.retina_rounds(
+            process, fed, round_lrs
+        ):
+            local, counts = fl_testing.local_round(weights, fed, round_num, lr, momentum)
             np.testing.assert_array_equal(counts, np.array(part.sizes) * local_epochs)
             unweighted_gap = 0.0
             for i, w in enumerate(weights):
-                mean = sum(c * lw[i] for c, (lw, _) in zip(counts, local)) / counts.sum()
+                mean = fl_testing.weighted_mean([lw[i] for lw in local], counts)
                 expected = w + server_lr * (mean - w)
                 np.testing.assert_allclose(tff_weights[i], expected, rtol=2e-5, atol=2e-6)
-                unweighted = w + server_lr * (np.mean([lw[i] for lw, _ in local], axis=0) - w)
+                unweighted = w + server_lr * (np.mean([lw[i] for lw in local], axis=0) - w)
                 unweighted_gap = max(unweighted_gap, np.abs(unweighted - expected).max())
             # The check has teeth: the unweighted mean is measurably different.
             self.assertGreater(unweighted_gap, 1e-4)
             self.assertEqual(
                 int(output.metrics["client_work"]["train"]["num_examples"]), counts.sum()
             )
-            weights = [np.asarray(w) for w in tff_weights]
 
     def test_skip_random_init_zeroes_only_randomly_initialized_weights(self):
         spec = client_data.element_spec((28, 28, 3))

@@ -12,23 +12,16 @@ Local training is done by hand with `tf.GradientTape` on a fresh Keras model
 over exactly the batches the TFF client receives, the rest in numpy.
 """
 
-from __future__ import annotations
-
-import asyncio
-import tempfile
-
+import fl_testing
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 from absl.testing import absltest
+from fl_testing import SMALL_SIZES as _SIZES
 
-from tff_vision import models, runtime
-from tff_vision.algorithms import _client_loops, fedbn, keras_model
+from tff_vision import models
+from tff_vision.algorithms import fedbn, keras_model
 
-_SHAPE = (8, 8, 1)
-_CLASSES = 3
-_SIZES = (5, 9, 14)
-_BATCH = 4
 _CLIENT_LR = 0.1
 _SERVER_LR = 0.7
 # Positions of the BatchNorm variables in Keras' (and TFF's) variable lists.
@@ -37,36 +30,12 @@ _LOCAL_NON_TRAINABLE = (0, 1)  # norm/moving_mean, norm/moving_variance
 
 
 def _bn_model(seed: int = 0, norm: bool = True) -> tf.keras.Model:
-    inputs = tf.keras.Input(_SHAPE)
-    x = tf.keras.layers.Conv2D(
-        4, 3, kernel_initializer=tf.keras.initializers.GlorotUniform(seed), name="conv"
-    )(inputs)
-    if norm:
-        x = tf.keras.layers.BatchNormalization(name="norm")(x)
-    x = tf.keras.layers.ReLU()(x)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    outputs = tf.keras.layers.Dense(
-        _CLASSES, kernel_initializer=tf.keras.initializers.GlorotUniform(seed + 1), name="dense"
-    )(x)
-    return tf.keras.Model(inputs, outputs)
+    return fl_testing.small_model(seed, norm=norm)
 
 
-def _element_spec():
-    return (
-        tf.TensorSpec([None, *_SHAPE], tf.float32),
-        tf.TensorSpec([None], tf.int64),
-    )
-
-
-def _datasets(seed: int = 0) -> list[tf.data.Dataset]:
+def _datasets() -> list[tf.data.Dataset]:
     """Clients with different feature distributions (FedBN's setting) and sizes."""
-    rng = np.random.default_rng(seed)
-    datasets = []
-    for k, n in enumerate(_SIZES):
-        images = rng.normal(2.0 * k, 1.0 + k, (n, *_SHAPE)).astype(np.float32)
-        labels = rng.integers(0, _CLASSES, n).astype(np.int64)
-        datasets.append(tf.data.Dataset.from_tensor_slices((images, labels)).batch(_BATCH))
-    return datasets
+    return fl_testing.small_datasets(spread=2.0)
 
 
 def _local_sgd(trainable, non_trainable, dataset, lr):
@@ -76,15 +45,7 @@ def _local_sgd(trainable, non_trainable, dataset, lr):
         var.assign(value)
     for var, value in zip(model.non_trainable_variables, non_trainable):
         var.assign(value)
-    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    examples = 0
-    for x, y in dataset:
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))  # Also updates the moving statistics.
-        grads = tape.gradient(loss, model.trainable_variables)
-        for var, g in zip(model.trainable_variables, grads):
-            var.assign(var.numpy() - lr * g.numpy())
-        examples += int(x.shape[0])
+    _, examples = fl_testing.train_keras(model, dataset, lr)
     return (
         [v.numpy() for v in model.trainable_variables],
         [v.numpy() for v in model.non_trainable_variables],
@@ -147,36 +108,21 @@ class FedBNReference:
         return int(n.sum())
 
 
-def _assert_close(actual, expected, what):
-    assert len(actual) == len(expected), what
-    for a, e in zip(actual, expected):
-        np.testing.assert_allclose(np.asarray(a), e, rtol=1e-5, atol=2e-6, err_msg=what)
-
-
-class FedBNTest(absltest.TestCase):
+class FedBNTest(fl_testing.LocalContextTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        runtime.start_local_context()
         cls.process = fedbn.build_fedbn(
-            keras_model.model_fn(_bn_model, _element_spec()),
+            fl_testing.small_model_fn(norm=True),
             tff.learning.optimizers.build_sgdm(_CLIENT_LR),
             tff.learning.optimizers.build_sgdm(_SERVER_LR),
             num_clients=len(_SIZES),
             local_layer_names=models.normalization_layer_names(_bn_model()),
         )
 
-    @classmethod
-    def tearDownClass(cls):
-        runtime.shutdown()
-        super().tearDownClass()
-
     def _initial(self):
         init = _bn_model(seed=7)
-        state = self.process.set_model_weights(
-            self.process.initialize(), keras_model.initial_weights(init)
-        )
-        return state, init
+        return fl_testing.initial_state(self.process, init), init
 
     def test_local_slots(self):
         self.assertEqual(self.process.local_trainable_slots, _LOCAL_TRAINABLE)
@@ -186,7 +132,7 @@ class FedBNTest(absltest.TestCase):
         self.assertEqual(fedbn.local_variable_slots(names), _LOCAL_TRAINABLE)
         with self.assertRaisesRegex(ValueError, "no normalization variables"):
             fedbn.build_fedbn_client_work(
-                keras_model.model_fn(lambda: _bn_model(norm=False), _element_spec()),
+                fl_testing.small_model_fn(norm=False),
                 tff.learning.optimizers.build_sgdm(0.1),
                 num_clients=2,
             )
@@ -241,34 +187,31 @@ class FedBNTest(absltest.TestCase):
 
     def _assert_matches(self, state, ref):
         weights = self.process.get_model_weights(state)
-        _assert_close(weights.trainable, ref.trainable, "global trainable")
-        _assert_close(weights.non_trainable, ref.non_trainable, "global non-trainable")
+        fl_testing.assert_all_close(weights.trainable, ref.trainable, "global trainable")
+        fl_testing.assert_all_close(
+            weights.non_trainable, ref.non_trainable, "global non-trainable"
+        )
         for i in range(len(_SIZES)):
             client = fedbn.client_model_weights(self.process, state, i)
             expected_tr, expected_nt = ref.client_weights(i)
-            _assert_close(client.trainable, expected_tr, f"client {i} trainable")
-            _assert_close(client.non_trainable, expected_nt, f"client {i} non-trainable")
+            fl_testing.assert_all_close(client.trainable, expected_tr, f"client {i} trainable")
+            fl_testing.assert_all_close(
+                client.non_trainable, expected_nt, f"client {i} non-trainable"
+            )
 
     def test_state_survives_checkpoint(self):
         state, _ = self._initial()
         datasets = _datasets()
         state = self.process.next(state, [(2, datasets[2]), (0, datasets[0])]).state
-        with tempfile.TemporaryDirectory() as root:
-            manager = tff.program.FileProgramStateManager(root, prefix="round_")
-            asyncio.run(manager.save(state, 1))
-            loaded = asyncio.run(manager.load(1, self.process.initialize()))
+        loaded = fl_testing.checkpoint_roundtrip(self.process, state)
         for i in range(len(_SIZES)):
-            for a, b in zip(
-                tf.nest.flatten(fedbn.client_model_weights(self.process, loaded, i)),
-                tf.nest.flatten(fedbn.client_model_weights(self.process, state, i)),
-            ):
-                np.testing.assert_array_equal(a, b)
-        from_memory = self.process.next(state, datasets).state
-        from_disk = self.process.next(loaded, datasets).state
-        for a, b in zip(
-            _client_loops.flatten_state(from_disk), _client_loops.flatten_state(from_memory)
-        ):
-            np.testing.assert_array_equal(a, b)
+            fl_testing.assert_states_equal(
+                fedbn.client_model_weights(self.process, loaded, i),
+                fedbn.client_model_weights(self.process, state, i),
+            )
+        fl_testing.assert_states_equal(
+            self.process.next(loaded, datasets).state, self.process.next(state, datasets).state
+        )
 
 
 if __name__ == "__main__":

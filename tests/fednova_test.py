@@ -9,74 +9,26 @@ by hand with `tf.GradientTape` on a fresh Keras model over exactly the batches
 the TFF client receives, the rest in numpy.
 """
 
-from __future__ import annotations
-
-import asyncio
-import tempfile
-
+import fl_testing
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 from absl.testing import absltest, parameterized
 
-from tff_vision import runtime
-from tff_vision.algorithms import _client_loops, fednova, keras_model
+from tff_vision.algorithms import fednova
 
-_SHAPE = (8, 8, 1)
-_CLASSES = 3
-_SIZES = (5, 9, 14)
 _EPOCHS = 2  # Examples 10, 18, 28 in batches of 4: tau = 3, 5, 7 local steps.
-_BATCH = 4
 
 
-def _tiny_model(seed: int = 0) -> tf.keras.Model:
-    inputs = tf.keras.Input(_SHAPE)
-    x = tf.keras.layers.Conv2D(4, 3, kernel_initializer=tf.keras.initializers.GlorotUniform(seed))(
-        inputs
-    )
-    x = tf.keras.layers.ReLU()(x)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    outputs = tf.keras.layers.Dense(
-        _CLASSES, kernel_initializer=tf.keras.initializers.GlorotUniform(seed + 1)
-    )(x)
-    return tf.keras.Model(inputs, outputs)
-
-
-def _element_spec():
-    return (
-        tf.TensorSpec([None, *_SHAPE], tf.float32),
-        tf.TensorSpec([None], tf.int64),
-    )
-
-
-def _datasets(seed: int = 0) -> list[tf.data.Dataset]:
-    rng = np.random.default_rng(seed)
-    datasets = []
-    for k, n in enumerate(_SIZES):
-        images = rng.normal(k, 1.0 + k, (n, *_SHAPE)).astype(np.float32)
-        labels = rng.integers(0, _CLASSES, n).astype(np.int64)
-        datasets.append(
-            tf.data.Dataset.from_tensor_slices((images, labels)).repeat(_EPOCHS).batch(_BATCH)
-        )
-    return datasets
+def _datasets():
+    return fl_testing.small_datasets(epochs=_EPOCHS)
 
 
 def _local_sgdm(weights, dataset, lr, momentum):
     """Plain-Keras local SGD(M); returns (y, tau, examples)."""
-    model = _tiny_model()
+    model = fl_testing.small_model()
     model.set_weights(weights)
-    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    velocity = [np.zeros_like(w) for w in weights]
-    tau = examples = 0
-    for x, y in dataset:
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        for i, (var, g) in enumerate(zip(model.trainable_variables, grads)):
-            velocity[i] = momentum * velocity[i] + g.numpy()
-            var.assign(var.numpy() - lr * velocity[i])
-        tau += 1
-        examples += int(x.shape[0])
+    tau, examples = fl_testing.train_keras(model, dataset, lr, momentum)
     return model.get_weights(), tau, examples
 
 
@@ -99,20 +51,10 @@ def _fednova_round(weights, datasets, lr, momentum, server_lr):
     return new, tau_eff, fedavg, taus
 
 
-class FedNovaTest(parameterized.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        runtime.start_local_context()
-
-    @classmethod
-    def tearDownClass(cls):
-        runtime.shutdown()
-        super().tearDownClass()
-
+class FedNovaTest(fl_testing.LocalContextTestCase):
     def _build(self, lr, momentum, server_lr):
         return fednova.build_fednova(
-            keras_model.model_fn(_tiny_model, _element_spec()),
+            fl_testing.small_model_fn(),
             lr,
             tff.learning.optimizers.build_sgdm(server_lr),
             client_momentum=momentum,
@@ -124,8 +66,8 @@ class FedNovaTest(parameterized.TestCase):
     )
     def test_two_rounds_match_reference(self, lr, momentum, server_lr):
         process = self._build(lr, momentum, server_lr)
-        init = _tiny_model(seed=7)
-        state = process.set_model_weights(process.initialize(), keras_model.initial_weights(init))
+        init = fl_testing.small_model(seed=7)
+        state = fl_testing.initial_state(process, init)
         weights = init.get_weights()
         datasets = _datasets()
         for _ in range(2):
@@ -142,7 +84,7 @@ class FedNovaTest(parameterized.TestCase):
                 float(output.metrics["aggregator"]["effective_local_steps"]), tau_eff, places=5
             )
             train = output.metrics["client_work"]["train"]
-            self.assertEqual(int(train["num_examples"]), _EPOCHS * sum(_SIZES))
+            self.assertEqual(int(train["num_examples"]), _EPOCHS * sum(fl_testing.SMALL_SIZES))
             self.assertIn("loss", train)
             self.assertIn("accuracy", train)
             # Teeth: with different tau_i, FedNova is not FedAvg.
@@ -152,22 +94,17 @@ class FedNovaTest(parameterized.TestCase):
 
     def test_state_survives_checkpoint(self):
         process = fednova.build_fednova(
-            keras_model.model_fn(_tiny_model, _element_spec()),
+            fl_testing.small_model_fn(),
             0.1,
             tff.learning.optimizers.build_sgdm(0.5, momentum=0.9),  # Server momentum state.
         )
         datasets = _datasets()
         state = process.next(process.initialize(), datasets).state
-        with tempfile.TemporaryDirectory() as root:
-            manager = tff.program.FileProgramStateManager(root, prefix="round_")
-            asyncio.run(manager.save(state, 1))
-            loaded = asyncio.run(manager.load(1, process.initialize()))
-        from_memory = process.next(state, datasets).state
-        from_disk = process.next(loaded, datasets).state
-        flat_memory = _client_loops.flatten_state(from_memory)
-        self.assertNotEmpty(_client_loops.flatten_state(state.finalizer))
-        for a, b in zip(_client_loops.flatten_state(from_disk), flat_memory):
-            np.testing.assert_array_equal(a, b)
+        loaded = fl_testing.checkpoint_roundtrip(process, state)
+        self.assertNotEmpty(tf.nest.flatten(state.finalizer))
+        fl_testing.assert_states_equal(
+            process.next(loaded, datasets).state, process.next(state, datasets).state
+        )
 
     def test_normalizer(self):
         self.assertEqual(float(fednova.normalizer(tf.constant(4, tf.int64), 0.0)), 4.0)

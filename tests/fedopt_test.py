@@ -8,14 +8,11 @@ steps its optimizer, written out in numpy from the formulas of Reddi et al.
 correction, epsilon outside the square root; heavy-ball SGD v = m v + Delta).
 """
 
+import fl_testing
 import numpy as np
 from absl.testing import absltest, parameterized
-from fl_testing import NUM_EXAMPLES as _NUM_EXAMPLES
-from fl_testing import SHARED_MEDMNIST as _SHARED
-from fl_testing import local_sgd as _local_sgd
 from fl_testing import tiny_model as _tiny_model
 
-from tff_vision import client_data, data, partition, runtime
 from tff_vision.algorithms import (
     build_optimizer,
     build_process,
@@ -55,26 +52,8 @@ class NumpyServer:
         return out
 
 
-class FedOptTest(parameterized.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        ds = data.load("retinamnist", 28, data_dir=_SHARED, allow_download=False)
-        part = partition.make_partition(
-            "label_exclusion", ds.train.labels[:_NUM_EXAMPLES], 3, 5, seed=0, exclude="1;2;3"
-        )
-        cls.fed = client_data.FederatedData(
-            ds.train.images[:_NUM_EXAMPLES],
-            ds.train.labels[:_NUM_EXAMPLES],
-            part,
-            client_data.Preprocessing(batch_size=8, local_epochs=1, augment="none", seed=2),
-        )
-        runtime.start_local_context()
-
-    @classmethod
-    def tearDownClass(cls):
-        runtime.shutdown()
-        super().tearDownClass()
+class FedOptTest(fl_testing.RetinaTestCase):
+    PREPROCESSING_SEED = 2
 
     @parameterized.named_parameters(
         ("fedavgm", "fedavgm", dict(server_momentum=0.5, server_lr=0.7)),
@@ -91,23 +70,12 @@ class FedOptTest(parameterized.TestCase):
             client_optimizer=build_optimizer("sgd", client_lr),
             server_optimizer=spec,
         )
-        init = _tiny_model(seed=7)
-        state = process.set_model_weights(process.initialize(), keras_model.initial_weights(init))
-        x = [w.astype(np.float64) for w in init.get_weights()]
-        server = NumpyServer(spec, [w.shape for w in x])
-        for round_num in (1, 2):
-            output = process.next(state, [fed.round_dataset(c, round_num) for c in fed.client_ids])
-            state = output.state
-            got = process.get_model_weights(state).trainable
-            local = [
-                _local_sgd(
-                    [w.astype(np.float32) for w in x], fed.round_dataset(c, round_num), client_lr
-                )
-                for c in fed.client_ids
-            ]
-            counts = np.array([n for _, n in local], dtype=np.float64)
+        server = NumpyServer(spec, [w.shape for w in _tiny_model().get_weights()])
+        for round_num, lr, start, _, got in fl_testing.retina_rounds(process, fed, [client_lr] * 2):
+            x = [w.astype(np.float64) for w in start]
+            local, counts = fl_testing.local_round(start, fed, round_num, lr)
             delta = [
-                sum(c * (w - lw[i]) for c, (lw, _) in zip(counts, local)) / counts.sum()
+                fl_testing.weighted_mean([w - lw[i] for lw in local], counts)
                 for i, w in enumerate(x)
             ]
             expected = server.step(x, delta)
@@ -117,7 +85,6 @@ class FedOptTest(parameterized.TestCase):
             # The server optimizer matters: plain FedAvg lands elsewhere.
             gap = max(np.abs(f - e).max() for f, e in zip(fedavg, expected))
             self.assertGreater(gap, 1e-3)
-            x = [np.asarray(w, np.float64) for w in got]
 
 
 class ServerOptimizerSpecTest(absltest.TestCase):

@@ -8,45 +8,22 @@ term is part of the loss, not a hand-written gradient) on a fresh Keras model
 over exactly the batches the TFF client receives, then averages in numpy.
 """
 
+import fl_testing
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 from absl.testing import absltest, parameterized
-from fl_testing import NUM_EXAMPLES as _NUM_EXAMPLES
-from fl_testing import SHARED_MEDMNIST as _SHARED
-from fl_testing import local_sgd as _local_prox_sgd
 from fl_testing import tiny_model as _tiny_model
 
-from tff_vision import client_data, data, partition, runtime
 from tff_vision.algorithms import (
     build_optimizer,
     build_process,
     keras_model,
-    learning_rate_schedule,
 )
 
 
-class FedProxTest(parameterized.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        ds = data.load("retinamnist", 28, data_dir=_SHARED, allow_download=False)
-        part = partition.make_partition(
-            "label_exclusion", ds.train.labels[:_NUM_EXAMPLES], 3, 5, seed=0, exclude="1;2;3"
-        )
-        cls.sizes = part.sizes
-        cls.fed = client_data.FederatedData(
-            ds.train.images[:_NUM_EXAMPLES],
-            ds.train.labels[:_NUM_EXAMPLES],
-            part,
-            client_data.Preprocessing(batch_size=8, local_epochs=1, augment="none", seed=5),
-        )
-        runtime.start_local_context()
-
-    @classmethod
-    def tearDownClass(cls):
-        runtime.shutdown()
-        super().tearDownClass()
+class FedProxTest(fl_testing.RetinaTestCase):
+    PREPROCESSING_SEED = 5
 
     @parameterized.named_parameters(
         ("sgd_constant", 1.0, 0.0, "constant"),
@@ -54,13 +31,9 @@ class FedProxTest(parameterized.TestCase):
     )
     def test_rounds_match_paper_rule(self, mu, momentum, schedule_name):
         fed, client_lr, rounds = self.fed, 0.1, 2
-        schedule = learning_rate_schedule(schedule_name, client_lr, rounds=4)
-        if schedule is None:
-            client_optimizer = build_optimizer("sgd", client_lr, momentum)
-            round_lrs = [client_lr] * rounds
-        else:
-            client_optimizer = lambda lr: build_optimizer("sgd", lr, momentum)  # noqa: E731
-            round_lrs = [client_lr, client_lr * 0.5 * (1 + np.cos(np.pi / 4))]
+        schedule, client_optimizer, round_lrs = fl_testing.client_sgd(
+            schedule_name, client_lr, momentum, rounds
+        )
         process = build_process(
             "fedprox",
             keras_model.model_fn(_tiny_model, fed.element_spec),
@@ -68,29 +41,17 @@ class FedProxTest(parameterized.TestCase):
             client_learning_rate_fn=schedule,
             proximal_strength=mu,
         )
-        init = _tiny_model(seed=7)
-        state = process.set_model_weights(process.initialize(), keras_model.initial_weights(init))
-        weights = init.get_weights()
-        for round_num, lr in zip(range(1, rounds + 1), round_lrs):
-            output = process.next(state, [fed.round_dataset(c, round_num) for c in fed.client_ids])
-            state = output.state
-            got = process.get_model_weights(state).trainable
-
-            local = [
-                _local_prox_sgd(weights, fed.round_dataset(c, round_num), lr, momentum, mu)
-                for c in fed.client_ids
-            ]
-            plain = [
-                _local_prox_sgd(weights, fed.round_dataset(c, round_num), lr, momentum, 0.0)
-                for c in fed.client_ids
-            ]
-            counts = np.array([n for _, n in local], dtype=np.float64)
-            np.testing.assert_array_equal(counts, self.sizes)
+        for round_num, lr, weights, output, got in fl_testing.retina_rounds(
+            process, fed, round_lrs
+        ):
+            local, counts = fl_testing.local_round(weights, fed, round_num, lr, momentum, mu)
+            plain, _ = fl_testing.local_round(weights, fed, round_num, lr, momentum, 0.0)
+            np.testing.assert_array_equal(counts, fed.partition.sizes)
             proximal_effect = 0.0
             for i in range(len(weights)):
-                expected = sum(c * lw[i] for c, (lw, _) in zip(counts, local)) / counts.sum()
+                expected = fl_testing.weighted_mean([lw[i] for lw in local], counts)
                 np.testing.assert_allclose(got[i], expected, rtol=2e-5, atol=2e-6)
-                fedavg = sum(c * lw[i] for c, (lw, _) in zip(counts, plain)) / counts.sum()
+                fedavg = fl_testing.weighted_mean([lw[i] for lw in plain], counts)
                 proximal_effect = max(proximal_effect, np.abs(fedavg - expected).max())
             self.assertGreater(proximal_effect, 1e-4)  # mu changes the result measurably.
             train = output.metrics["client_work"]["train"]
@@ -99,7 +60,6 @@ class FedProxTest(parameterized.TestCase):
                 self.assertAlmostEqual(
                     float(output.metrics["client_work"]["client_learning_rate"]), lr, places=6
                 )
-            weights = [np.asarray(w) for w in got]
 
     def test_stock_tff_fed_prox_pushes_clients_away(self):
         """Why fedprox.py has its own client work: TFF 0.87's has the proximal sign flipped.

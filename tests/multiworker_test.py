@@ -1,7 +1,6 @@
 """Multi-worker TFF execution: same FedAvg result as one worker, and no worker left behind."""
 
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -10,14 +9,12 @@ import time
 
 import numpy as np
 import psutil
-import tensorflow as tf
 from absl.testing import absltest
+from fl_testing import NUM_EXAMPLES, retina_federated, tiny_model
 
-from tff_vision import client_data, data, partition, runtime
+from tff_vision import runtime, training
 from tff_vision.algorithms import build_fedavg, build_optimizer, keras_model
 
-_SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "medmnist"
-_NUM_EXAMPLES = 96
 _ROUNDS = 2
 
 _KILL_SCRIPT = textwrap.dedent(
@@ -39,19 +36,6 @@ _KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def _tiny_model(seed=0):
-    inputs = tf.keras.Input((28, 28, 3), name="image")
-    x = tf.keras.layers.Conv2D(
-        4, 3, strides=2, kernel_initializer=tf.keras.initializers.GlorotUniform(seed)
-    )(inputs)
-    x = tf.keras.layers.ReLU()(x)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    outputs = tf.keras.layers.Dense(
-        5, kernel_initializer=tf.keras.initializers.GlorotUniform(seed + 1)
-    )(x)
-    return tf.keras.Model(inputs, outputs)
-
-
 def _alive(pids):
     alive = []
     for pid in pids:
@@ -67,33 +51,24 @@ class MultiWorkerTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        ds = data.load("retinamnist", 28, data_dir=_SHARED, allow_download=False)
-        images, labels = ds.train.images[:_NUM_EXAMPLES], ds.train.labels[:_NUM_EXAMPLES]
         # Uneven clients: the merged weighted mean must weight by example counts.
-        part = partition.make_partition(
-            "label_exclusion", labels, 4, 5, seed=0, exclude="1;2;3;0,4"
+        fed = retina_federated(3, num_clients=4, exclude="1;2;3;0,4")
+        process = build_fedavg(
+            keras_model.model_fn(tiny_model, fed.element_spec), build_optimizer("sgd", 0.1, 0.5)
         )
-        cls.fed = client_data.FederatedData(
-            images, labels, part, client_data.Preprocessing(batch_size=8, seed=3)
-        )
-        cls.process = build_fedavg(
-            keras_model.model_fn(_tiny_model, cls.fed.element_spec),
-            build_optimizer("sgd", 0.1, 0.5),
-        )
-        cls.initial = keras_model.initial_weights(_tiny_model(seed=7))
+        # Every client takes part in every round: the step the trainer runs.
+        cls.step = training.RoundStep(process, fed, keras_model.initial_weights(tiny_model(7)))
 
     def tearDown(self):
         runtime.shutdown()
         super().tearDown()
 
     def _train(self):
-        state = self.process.set_model_weights(self.process.initialize(), self.initial)
+        state = self.step.initial_state()
         for round_num in range(1, _ROUNDS + 1):
-            output = self.process.next(
-                state, [self.fed.round_dataset(c, round_num) for c in self.fed.client_ids]
-            )
+            output = self.step.next(state, round_num)
             state = output.state
-        weights = self.process.get_model_weights(state)
+        weights = self.step.model_weights(state)
         return [np.asarray(w) for w in weights.trainable], output.metrics
 
     def test_two_workers_match_one_worker_and_stop(self):
@@ -116,11 +91,11 @@ class MultiWorkerTest(absltest.TestCase):
             metrics["client_work"]["train"],
             expected_metrics["client_work"]["train"],
         )
-        self.assertEqual(int(train["num_examples"]), _NUM_EXAMPLES)
+        self.assertEqual(int(train["num_examples"]), NUM_EXAMPLES)
         self.assertEqual(int(train["num_examples"]), int(expected_train["num_examples"]))
         np.testing.assert_allclose(train["loss"], expected_train["loss"], rtol=1e-5)
         # The round really moved the weights (the comparison is not trivial).
-        self.assertGreater(np.abs(got[0] - self.initial.trainable[0]).max(), 1e-4)
+        self.assertGreater(np.abs(got[0] - self.step.initial_weights.trainable[0]).max(), 1e-4)
 
         runtime.shutdown()
         self.assertEqual(runtime.find_workers(os.getpid()), [])
@@ -129,10 +104,10 @@ class MultiWorkerTest(absltest.TestCase):
     def test_more_workers_than_clients(self):
         workers = runtime.start_local_multi_worker_context(3)
         self.assertLen(runtime.find_workers(os.getpid()), 3)
-        state = self.process.set_model_weights(self.process.initialize(), self.initial)
-        datasets = [self.fed.round_dataset(c, 1) for c in self.fed.client_ids[:2]]
-        output = self.process.next(state, datasets)
-        examples = sum(self.fed.num_examples(c) for c in self.fed.client_ids[:2])
+        fed = self.step.data
+        datasets = [fed.round_dataset(c, 1) for c in fed.client_ids[:2]]
+        output = self.step.process.next(self.step.initial_state(), datasets)
+        examples = sum(fed.num_examples(c) for c in fed.client_ids[:2])
         self.assertEqual(int(output.metrics["client_work"]["train"]["num_examples"]), examples)
         runtime.shutdown()
         self.assertEqual(_alive([w.process.pid for w in workers]), [])

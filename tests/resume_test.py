@@ -13,11 +13,10 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 
 import fl_testing
 import pandas as pd
+import run_testing
 from absl.testing import absltest, parameterized
 
 from tff_vision import config as config_lib
@@ -61,17 +60,7 @@ def _stop_after_round(n):
     return printer
 
 
-class ResumeTest(parameterized.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix="tff_vision_resume_"))
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-        super().tearDownClass()
-
+class ResumeTest(run_testing.RunnerTestCase):
     def _config(self, case, out):
         return config_lib.config_from_dict(dict(_COMMON, **CASES[case], output_dir=str(out)))
 

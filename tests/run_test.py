@@ -6,57 +6,29 @@ and few rounds keep it quick), so these tests also prove that no TFF
 """
 
 import json
-import os
 import pathlib
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 
+import fl_testing
 import pandas as pd
 import psutil
+import run_testing
 from absl.testing import absltest, parameterized
+from run_testing import run_runner as _run
 
 from tff_vision import runtime
 
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
-_SHARED = _ROOT.parent / "shared" / "medmnist"
-_BASE_FLAGS = [
-    "--dataset=retinamnist",
-    f"--data_dir={_SHARED}",
-    "--model=cnn",
-    "--partition=label_exclusion",
-    "--num_clients=3",
-    "--exclude=1;2;3",
-    "--rounds=4",
-    "--local_epochs=1",
-    "--eval_every=2",
-    "--client_lr=0.05",
-    "--baselines=local,centralized",
-]
+_SHARED = fl_testing.SHARED_MEDMNIST
+_BASE_FLAGS = run_testing.runner_flags(
+    rounds=4,
+    local_epochs=1,
+    eval_every=2,
+    client_lr=0.05,
+    baselines="local,centralized",
+)
 _TIMING_COLUMNS = ("round_seconds", "seconds")
-
-
-def _command(*flags):
-    return [sys.executable, "-m", "experiments.run", *flags]
-
-
-def _env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(_ROOT))
-
-
-def _run(*flags, timeout=600):
-    return subprocess.run(
-        _command(*flags),
-        cwd=_ROOT,
-        env=_env(),
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _workers_of(pid):
@@ -80,23 +52,16 @@ def _results(output_dir):
     return {k: summary[k] for k in ("federated", "local_only", "centralized")}
 
 
-class RunnerTest(parameterized.TestCase):
+class RunnerTest(run_testing.RunnerTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix="tff_vision_run_test_"))
         cls.reference_dir = cls.tmp / "reference"
         cls.reference = _run(*_BASE_FLAGS, f"--output_dir={cls.reference_dir}")
 
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-        super().tearDownClass()
-
     def test_end_to_end_outputs(self):
-        result = self.reference
-        self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
-        out = self.reference_dir
+        result, out = self.reference, self.reference_dir
+        summary = self.assertFinished(result, out)
         for name in (
             "flags.json",
             "partition.csv",
@@ -110,7 +75,6 @@ class RunnerTest(parameterized.TestCase):
         self.assertTrue(any((out / "checkpoints" / "federated").iterdir()))
         self.assertEqual(list(out.glob("**/*.tmp*")), [])
 
-        summary = json.loads((out / "summary.json").read_text())
         fed = summary["federated"]
         self.assertEqual(fed["rounds"], 4)
         self.assertEqual(sorted(fed["per_client_subset_accuracy"]), ["0", "1", "2"])
@@ -156,13 +120,11 @@ class RunnerTest(parameterized.TestCase):
 
     def test_killed_run_resumes_to_identical_results(self):
         out = self.tmp / "killed"
-        proc = subprocess.Popen(
-            _command(*_BASE_FLAGS, f"--output_dir={out}"),
-            cwd=_ROOT,
-            env=_env(),
+        proc = run_testing.start_runner(
+            *_BASE_FLAGS,
+            f"--output_dir={out}",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
         )
         try:
             deadline = time.monotonic() + 300
@@ -182,9 +144,8 @@ class RunnerTest(parameterized.TestCase):
         self.assertFalse((out / "summary.json").exists())
 
         resumed = _run(*_BASE_FLAGS, f"--output_dir={out}")
-        self.assertEqual(resumed.returncode, 0, msg=resumed.stderr[-3000:])
+        summary = self.assertFinished(resumed, out)
         self.assertIn("resuming after round", resumed.stdout)
-        summary = json.loads((out / "summary.json").read_text())
         self.assertGreaterEqual(summary["resumed_from_round"], 2)
         self.assertEqual(_results(out), _results(self.reference_dir))
         pd.testing.assert_frame_equal(
@@ -204,13 +165,12 @@ class RunnerTest(parameterized.TestCase):
             "--restart_workers_every=1",
             f"--output_dir={out}",
         )
-        self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
+        summary = self.assertFinished(result, out)
         self.assertIn("TFF workers: 127.0.0.1:", result.stdout)
         self.assertIn("[federated] fresh TFF worker(s) after round 1", result.stdout)
         self.assertEqual(
             sorted(p.name for p in out.glob("worker_*.log")), ["worker_0.log", "worker_1.log"]
         )
-        summary = json.loads((out / "summary.json").read_text())
         reference = _results(self.reference_dir)
         for key in ("test_accuracy", "test_auc"):
             self.assertAlmostEqual(summary["federated"][key], reference["federated"][key], places=4)
@@ -220,13 +180,12 @@ class RunnerTest(parameterized.TestCase):
 
     def test_interrupt_exits_130_and_leaves_no_worker(self):
         out = self.tmp / "interrupted"
-        proc = subprocess.Popen(
-            _command(*_BASE_FLAGS, "--rounds=50", f"--output_dir={out}"),
-            cwd=_ROOT,
-            env=_env(),
+        proc = run_testing.start_runner(
+            *_BASE_FLAGS,
+            "--rounds=50",
+            f"--output_dir={out}",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
             text=True,
         )
         deadline = time.monotonic() + 300
@@ -248,21 +207,15 @@ def _alive(pid):
         return False
 
 
-class BadInputTest(parameterized.TestCase):
+class BadInputTest(run_testing.RunnerTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix="tff_vision_bad_input_"))
         corrupt = cls.tmp / "corrupt"
         corrupt.mkdir()
         data = (_SHARED / "retinamnist.npz").read_bytes()
         (corrupt / "retinamnist.npz").write_bytes(data[: len(data) // 2])
         (cls.tmp / "a_file").write_text("")
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-        super().tearDownClass()
 
     def _flags(self, **overrides):
         flags = {f.split("=", 1)[0]: f for f in _BASE_FLAGS}
@@ -299,12 +252,7 @@ class BadInputTest(parameterized.TestCase):
         overrides = {k: str(v).format(tmp=self.tmp) for k, v in overrides.items()}
         (self.tmp / "empty").mkdir(exist_ok=True)
         result = _run(*self._flags(**overrides), timeout=120)
-        self.assertEqual(result.returncode, 2, msg=result.stderr[-2000:])
-        lines = result.stderr.strip().splitlines()
-        self.assertLen(lines, 1, msg=result.stderr)
-        self.assertStartsWith(lines[0], "error: ")
-        self.assertIn(expected, lines[0])
-        self.assertNotIn("Traceback", result.stderr)
+        self.assertOneLineError(result, expected)
         self.assertFalse((self.tmp / "out" / "summary.json").exists())
 
     def test_changed_flags_refuse_to_resume_and_corrupt_nothing(self):

@@ -8,75 +8,26 @@ Here the local steps are done by hand with `tf.GradientTape` on a fresh Keras
 model over exactly the batches the TFF client receives, and the rest in numpy.
 """
 
-from __future__ import annotations
-
-import asyncio
-import tempfile
-
+import fl_testing
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 from absl.testing import absltest
+from fl_testing import SMALL_SIZES as _SIZES
 
-from tff_vision import runtime
-from tff_vision.algorithms import _client_loops, keras_model, scaffold
+from tff_vision.algorithms import _client_state, scaffold
 
-_SHAPE = (8, 8, 1)
-_CLASSES = 3
-_SIZES = (5, 9, 14)  # With batches of 4: K = 2, 3, 4 local steps.
-_BATCH = 4
+# With batches of 4, the clients take K = 2, 3, 4 local steps.
 _CLIENT_LR = 0.1
 _SERVER_LR = 0.8
 
 
-def _tiny_model(seed: int = 0) -> tf.keras.Model:
-    inputs = tf.keras.Input(_SHAPE)
-    x = tf.keras.layers.Conv2D(4, 3, kernel_initializer=tf.keras.initializers.GlorotUniform(seed))(
-        inputs
-    )
-    x = tf.keras.layers.ReLU()(x)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    outputs = tf.keras.layers.Dense(
-        _CLASSES, kernel_initializer=tf.keras.initializers.GlorotUniform(seed + 1)
-    )(x)
-    return tf.keras.Model(inputs, outputs)
-
-
-def _element_spec():
-    return (
-        tf.TensorSpec([None, *_SHAPE], tf.float32),
-        tf.TensorSpec([None], tf.int64),
-    )
-
-
-def _client_arrays(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [
-        (
-            rng.normal(k, 1.0 + k, (n, *_SHAPE)).astype(np.float32),
-            rng.integers(0, _CLASSES, n).astype(np.int64),
-        )
-        for k, n in enumerate(_SIZES)
-    ]
-
-
-def _dataset(arrays) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices(arrays).batch(_BATCH)
-
-
 def _local_scaffold(weights, dataset, c, c_i, lr):
     """Plain-Keras local SCAFFOLD steps; returns (y, c_i+, steps)."""
-    model = _tiny_model()
+    model = fl_testing.small_model()
     model.set_weights(weights)
-    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    steps = 0
-    for x, y in dataset:
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        for var, g, cc, cci in zip(model.trainable_variables, grads, c, c_i):
-            var.assign(var.numpy() - lr * (g.numpy() + (cc - cci)))
-        steps += 1
+    correction = [cc - cci for cc, cci in zip(c, c_i)]
+    steps, _ = fl_testing.train_keras(model, dataset, lr, correction=correction)
     y_final = model.get_weights()
     c_i_plus = [
         cci - cc + (xw - yw) / np.float32(steps * lr)
@@ -108,39 +59,23 @@ class ScaffoldReference:
         return mean_y
 
 
-def _assert_close(test, actual, expected, what):
-    test.assertEqual(len(actual), len(expected), what)
-    for a, e in zip(actual, expected):
-        np.testing.assert_allclose(np.asarray(a), e, rtol=1e-5, atol=2e-6, err_msg=what)
-
-
-class ScaffoldTest(absltest.TestCase):
+class ScaffoldTest(fl_testing.LocalContextTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        runtime.start_local_context()
-        cls.arrays = _client_arrays()
         cls.process = scaffold.build_scaffold(
-            keras_model.model_fn(_tiny_model, _element_spec()),
+            fl_testing.small_model_fn(),
             _CLIENT_LR,
             tff.learning.optimizers.build_sgdm(_SERVER_LR),
             num_clients=len(_SIZES),
         )
 
-    @classmethod
-    def tearDownClass(cls):
-        runtime.shutdown()
-        super().tearDownClass()
-
     def _initial(self):
-        init = _tiny_model(seed=7)
-        state = self.process.set_model_weights(
-            self.process.initialize(), keras_model.initial_weights(init)
-        )
-        return state, init.get_weights()
+        init = fl_testing.small_model(seed=7)
+        return fl_testing.initial_state(self.process, init), init.get_weights()
 
     def _datasets(self):
-        return [_dataset(a) for a in self.arrays]
+        return fl_testing.small_datasets()
 
     def test_two_rounds_match_reference(self):
         state, weights = self._initial()
@@ -154,7 +89,9 @@ class ScaffoldTest(absltest.TestCase):
         mean_y = ref.round(dict(enumerate(datasets)))
         # With c = c_i = 0 the first round is unweighted FedAvg.
         fedavg = [x + _SERVER_LR * (m - x) for x, m in zip(x_before, mean_y)]
-        _assert_close(self, self.process.get_model_weights(state).trainable, fedavg, "fedavg")
+        fl_testing.assert_all_close(
+            self.process.get_model_weights(state).trainable, fedavg, "fedavg"
+        )
         self._assert_state(state, ref)
         train = output.metrics["client_work"]["train"]
         self.assertEqual(int(train["num_examples"]), sum(_SIZES))
@@ -194,42 +131,35 @@ class ScaffoldTest(absltest.TestCase):
         self.assertGreater(gap, 1e-3)
 
     def _assert_state(self, state, ref):
-        _assert_close(self, self.process.get_model_weights(state).trainable, ref.x, "x")
-        _assert_close(self, state.client_work[scaffold.CONTROL_VARIATE], ref.c, "c")
+        fl_testing.assert_all_close(self.process.get_model_weights(state).trainable, ref.x, "x")
+        fl_testing.assert_all_close(state.client_work[scaffold.CONTROL_VARIATE], ref.c, "c")
         table = state.client_work[scaffold.CLIENT_CONTROL_VARIATES]
         for i, expected in enumerate(ref.c_i):
-            _assert_close(self, [np.asarray(t)[i] for t in table], expected, f"c_{i}")
+            fl_testing.assert_all_close([np.asarray(t)[i] for t in table], expected, f"c_{i}")
         self.assertGreater(max(np.abs(c).max() for c in ref.c), 1e-3)  # c is not trivially 0.
 
     def test_state_survives_checkpoint(self):
         state, _ = self._initial()
         datasets = self._datasets()
         state = self.process.next(state, datasets).state
-        with tempfile.TemporaryDirectory() as root:
-            manager = tff.program.FileProgramStateManager(root, prefix="round_")
-            asyncio.run(manager.save(state, 1))
-            loaded = asyncio.run(manager.load(1, self.process.initialize()))
-        for a, b in zip(_client_loops.flatten_state(loaded), _client_loops.flatten_state(state)):
-            np.testing.assert_array_equal(a, b)
-        from_memory = self.process.next(state, datasets).state
-        from_disk = self.process.next(loaded, datasets).state
-        for a, b in zip(
-            _client_loops.flatten_state(from_disk), _client_loops.flatten_state(from_memory)
-        ):
-            np.testing.assert_array_equal(a, b)
+        loaded = fl_testing.checkpoint_roundtrip(self.process, state)
+        fl_testing.assert_states_equal(loaded, state)
+        fl_testing.assert_states_equal(
+            self.process.next(loaded, datasets).state, self.process.next(state, datasets).state
+        )
 
     def test_client_data_forms(self):
         datasets = self._datasets()
         with self.assertRaisesRegex(ValueError, "pairs for partial participation"):
-            _client_loops.indexed_client_data(datasets[:2], 3)
+            _client_state.indexed_client_data(datasets[:2], 3)
         with self.assertRaisesRegex(ValueError, "no client data"):
-            _client_loops.indexed_client_data([], 3)
+            _client_state.indexed_client_data([], 3)
         with self.assertRaisesRegex(ValueError, "repeated"):
-            _client_loops.indexed_client_data([(0, datasets[0]), (0, datasets[1])], 3)
+            _client_state.indexed_client_data([(0, datasets[0]), (0, datasets[1])], 3)
         with self.assertRaisesRegex(ValueError, "out of range"):
-            _client_loops.indexed_client_data([(3, datasets[0])], 3)
-        indexed = _client_loops.indexed_client_data({1: datasets[1]}, 3)
-        self.assertEqual(int(indexed[0][_client_loops.CLIENT_INDEX].get_single_element()), 1)
+            _client_state.indexed_client_data([(3, datasets[0])], 3)
+        indexed = _client_state.indexed_client_data({1: datasets[1]}, 3)
+        self.assertEqual(int(indexed[0][_client_state.CLIENT_INDEX].get_single_element()), 1)
         self.assertIsInstance(self.process, tff.learning.templates.LearningProcess)
         self.assertIsInstance(self.process.next, tff.Computation)
 

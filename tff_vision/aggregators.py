@@ -1,54 +1,32 @@
 """How the server combines client model deltas: TFF aggregation factories by name.
 
-`--aggregator` choices (`build_aggregator`):
+`build_aggregator(name)` for the `--aggregator` choices:
 
-* ``mean``: TFF's weighted mean (`tff.aggregators.MeanFactory`), FedAvg's
-  example-weighted average. The default.
+* ``mean``: TFF's weighted mean, FedAvg's example-weighted average (default).
 * ``dp``: DP-FedAvg (McMahan et al., 2018), user-level differential privacy:
-  each client's delta is clipped to L2 norm `clip`, the clipped deltas are
-  summed, Gaussian noise of stddev `noise_multiplier * clip` is added and the
-  sum is divided by the expected number of clients per round
-  (`tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed`). With
-  `clip="adaptive"` the clip norm instead tracks a target quantile of the
-  client delta norms, estimated privately (Andrew et al., 2021;
-  `DifferentiallyPrivateFactory.gaussian_adaptive`, TFF's defaults: initial
-  clip 0.1, learning rate 0.2, clipped-count noise stddev 0.05 *
-  clients_per_round; this is `tff.learning.dp_aggregator(zeroing=False)`
-  with a chosen target quantile). `noise_multiplier` is then the *effective*
-  multiplier, part of the privacy budget paying for the quantile estimate,
-  so accounting uses it as is.
-  The DP factories are unweighted (a client's weight would change its
-  sensitivity): they are plugged in, as TFF's `build_unweighted_fed_avg`
-  does it, through `tff.aggregators.as_weighted_aggregator` (which ignores
-  the weights) with `client_weighting=UNIFORM` where the builder takes one.
-  Noise: TF Privacy's queries draw it with unseeded random ops, which make
-  runs irreproducible (and which op determinism refuses: "random ops must
-  have a seed specified"). The queries here are those same TF Privacy queries
-  with only the noise draw replaced by `tf.random.stateless_normal` keyed
-  by (`noise_seed`, round), the round counter kept in the aggregator state:
-  DP runs are reproducible and resume exactly. (Fine for simulation; a
-  deployment would need a secret seed.)
-* ``secure``: TFF's secure aggregation of the weighted mean
-  (`tff.learning.secure_aggregator(zeroing=False, clipping=False)`: the
-  weighted values are clipped to an adaptively estimated range, quantized to
-  integers and summed with `federated_secure_sum_bitwidth`). The local C++
-  worker has no secure-sum executor (it fails with INVALID_ARGUMENT "Cannot
-  embed a federated value"), so for simulation the secure intrinsics are
-  lowered to TFF's insecure reference bodies
-  (`tff.backends.test.replace_secure_intrinsics_with_bodies`): identical
-  arithmetic (range clipping, quantization, integer sum, dequantization),
-  without the cryptographic protocol. Results equal `mean` up to
+  client deltas clipped to L2 norm `clip` (fixed, or ``adaptive``: tracking a
+  target quantile of the delta norms, Andrew et al., 2021, with TFF's
+  defaults; `noise_multiplier` is then the effective one, the quantile
+  estimate's share of the budget included, so accounting takes it as is),
+  summed, Gaussian noise of stddev `noise_multiplier * clip` added, divided
+  by the clients per round. TFF's `DifferentiallyPrivateFactory`
+  queries, except that the noise is `tf.random.stateless_normal` keyed by
+  (`noise_seed`, round): TF Privacy's unseeded draws would make runs
+  irreproducible and op determinism refuses them (a deployment would need a
+  secret seed). Unweighted, since a weight would change a client's
+  sensitivity: builders wrap it with `tff.aggregators.as_weighted_aggregator`.
+* ``secure``: TFF's secure weighted mean (values clipped to an adaptive
+  range, quantized, summed with `federated_secure_sum_bitwidth`). The local
+  C++ worker has no secure-sum executor, so `SimulatedSecureFactory` lowers
+  the secure intrinsics to TFF's insecure reference bodies: the same
+  arithmetic without the cryptography; results equal ``mean`` up to
   quantization error (~1e-6 relative).
 * ``compression``: `tff.learning.compression_aggregator()`: adaptive zeroing
-  and L2 clipping, then 8-bit uniform quantization (between each tensor's
-  min and max) of every tensor with more than 20000 elements (smaller ones
-  are summed exactly). One deviation: values are rounded to the nearest
-  level (`stochastic=False`) instead of TFF's default unbiased stochastic
-  rounding, whose unseeded random draws our deterministic runtime refuses;
-  the error per coordinate is at most half a level, (max - min) / 510.
+  and clipping, then 8-bit quantization of tensors over 20000 elements,
+  rounded to the nearest level instead of TFF's unseeded stochastic rounding
+  (error per coordinate at most (max - min) / 510).
 * ``robust``: `tff.learning.robust_aggregator()`: the weighted mean behind
-  adaptive L2 clipping (initial norm 1.0, 0.8 quantile) and adaptive zeroing
-  of extreme updates (initial 10.0, 0.98 quantile).
+  adaptive L2 clipping and adaptive zeroing of extreme updates.
 """
 
 from __future__ import annotations
@@ -125,16 +103,6 @@ class Aggregator:
     @property
     def weighted(self) -> bool:
         return isinstance(self.factory, tff.aggregators.WeightedAggregationFactory)
-
-    def as_weighted(self) -> tff.aggregators.WeightedAggregationFactory:
-        """The factory as the `model_aggregator` TFF's weighted builders take.
-
-        An unweighted factory (DP) is wrapped with
-        `tff.aggregators.as_weighted_aggregator`, which ignores the weights.
-        """
-        if self.weighted:
-            return self.factory
-        return tff.aggregators.as_weighted_aggregator(self.factory)
 
 
 def build_aggregator(
@@ -327,34 +295,19 @@ class _SeededQuantileEstimatorQuery(tfp.QuantileEstimatorQuery):
 class _SeededQuantileAdaptiveClipSumQuery(tfp.QuantileAdaptiveClipSumQuery):
     """`tfp.QuantileAdaptiveClipSumQuery` (geometric updates) with seeded noise in both parts."""
 
-    def __init__(
-        self,
-        initial_l2_norm_clip,
-        noise_multiplier,
-        target_unclipped_quantile,
-        learning_rate,
-        clipped_count_stddev,
-        expected_num_records,
-        seed: int,
-    ):
-        super().__init__(
-            initial_l2_norm_clip,
-            noise_multiplier,
-            target_unclipped_quantile,
-            learning_rate,
-            clipped_count_stddev,
-            expected_num_records,
-            geometric_update=True,
-        )
+    def __init__(self, *, seed: int, **query_args):
+        """Takes the parent's keyword arguments (all but `geometric_update`) and a seed."""
+        super().__init__(**query_args, geometric_update=True)
+        clip = query_args["initial_l2_norm_clip"]
         self._sum_query = _SeededGaussianSumQuery(
-            initial_l2_norm_clip, noise_multiplier * initial_l2_norm_clip, seed=2 * seed
+            clip, query_args["noise_multiplier"] * clip, seed=2 * seed
         )
         self._quantile_estimator_query = _SeededQuantileEstimatorQuery(
-            initial_l2_norm_clip,
-            target_unclipped_quantile,
-            learning_rate,
-            clipped_count_stddev,
-            expected_num_records,
+            clip,
+            query_args["target_unclipped_quantile"],
+            query_args["learning_rate"],
+            query_args["clipped_count_stddev"],
+            query_args["expected_num_records"],
             geometric_update=True,
             seed=2 * seed + 1,
         )

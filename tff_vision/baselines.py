@@ -1,14 +1,20 @@
 """Keras baselines trained on the federated run's own data: local-only and pooled.
 
-`train_keras_baseline` trains one Keras model round by round on the same
-per-round datasets a federated client would see (same preprocessing, same
-number of passes, same learning-rate schedule), checkpointing model and
-optimizer with `tf.train` after every round, so a killed run resumes exactly.
+The experiment's baseline stage: `baseline_jobs` names each baseline of
+--baselines with its data per round, `run_baselines` trains them one after
+the other (or reads the result of one finished earlier) and writes
+`baselines/<name>.json`. `train_keras_baseline` trains one Keras model round
+by round on the same per-round datasets a federated client would see (same
+preprocessing, same number of passes, same learning-rate schedule),
+checkpointing model and optimizer with `tf.train` after every round, so a
+killed run resumes exactly.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import pathlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,8 +22,106 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tff_vision import interrupts
+from tff_vision import client_data, evaluation, fileio, interrupts, outputs
+from tff_vision.algorithms import keras_model
+from tff_vision.config import ExperimentConfig
+from tff_vision.data import ImageDataset
 from tff_vision.progress import Progress
+
+RoundDatasets = Callable[[int], tf.data.Dataset]
+
+
+def baseline_jobs(
+    config: ExperimentConfig, dataset: ImageDataset, data: client_data.RoundData
+) -> list[tuple[str, RoundDatasets]]:
+    """`(name, round -> dataset)` of each baseline in --baselines, in training order.
+
+    local_<client>: that client's own round datasets. centralized: all training
+    data pooled, through the clients' preprocessing; with --local_steps, as many
+    steps per round as all clients together.
+    """
+    jobs: list[tuple[str, RoundDatasets]] = []
+    if "local" in config.baselines:
+        for cid in data.client_ids:
+            jobs.append((f"local_{cid}", client_round_datasets(data.plain(), cid)))
+    if "centralized" in config.baselines:
+        pooled = client_data.pooled_dataset(dataset.train.images, dataset.train.labels)
+        total_steps = sum(data.steps.values()) if data.steps else 0
+        round_datasets = functools.partial(
+            _pooled_round, pooled, data.preprocessing, total_steps, config.batch_size
+        )
+        jobs.append(("centralized", round_datasets))
+    return jobs
+
+
+def _pooled_round(pooled, preprocessing, steps: int, batch_size: int, round_num: int):
+    dataset = preprocessing.apply(pooled, round_num, "centralized")
+    return client_data.limit_steps(dataset, steps, batch_size)
+
+
+class _SharedModel:
+    """One model and optimizer serving every baseline, reset to the same start before each.
+
+    The traced training step is then built once, not once per baseline.
+    """
+
+    def __init__(self, config: ExperimentConfig, build_model: Callable[[], tf.keras.Model]):
+        self.learning_rate = config.client_lr
+        self.model = build_model()
+        self.initial_weights = self.model.get_weights()
+        self.optimizer = keras_optimizer(
+            config.client_optimizer, config.client_lr, config.client_momentum
+        )
+        self.train_epoch = epoch_trainer(self.model, self.optimizer, keras_model.loss())
+
+    def reset(self) -> _SharedModel:
+        self.model.set_weights(self.initial_weights)
+        reset_optimizer(self.optimizer)
+        self.optimizer.learning_rate = self.learning_rate
+        return self
+
+
+def run_baselines(
+    config: ExperimentConfig,
+    jobs: list[tuple[str, RoundDatasets]],
+    build_model: Callable[[], tf.keras.Model],
+    evaluate: Callable[[tf.keras.Model], evaluation.EvalResult],
+    learning_rate_fn: Callable[[int], Any] | None,
+    out: pathlib.Path,
+    printer: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """Trains each job for --rounds (resuming) and evaluates it; returns name -> test metrics.
+
+    A baseline whose `baselines/<name>.json` exists finished earlier and is not
+    trained again.
+    """
+    baseline_dir = out / "baselines"
+    baseline_dir.mkdir(exist_ok=True)
+    results = {}
+    shared = None
+    for name, round_dataset in jobs:
+        result_path = baseline_dir / f"{name}.json"
+        previous = fileio.read_json(result_path)
+        if previous is not None:
+            results[name] = previous
+            printer(f"[{name}] finished earlier: {outputs.format_result(previous)}")
+            continue
+        shared = shared.reset() if shared else _SharedModel(config, build_model)
+        train_keras_baseline(
+            name,
+            shared.model,
+            shared.optimizer,
+            round_dataset,
+            config.rounds,
+            out / "checkpoints" / name,
+            learning_rate_fn=learning_rate_fn,
+            printer=printer,
+            train_epoch=shared.train_epoch,
+        )
+        results[name] = evaluate(shared.model).summary()
+        fileio.write_json_atomic(result_path, results[name])
+        printer(f"[{name}] final: {outputs.format_result(results[name])}")
+    return results
 
 
 def train_keras_baseline(
@@ -46,8 +150,6 @@ def train_keras_baseline(
     Returns:
         The round the run resumed after (0 for a fresh start).
     """
-    from tff_vision.algorithms import keras_model  # pylint: disable=g-import-not-at-top
-
     optimizer.build(model.trainable_variables)
     if train_epoch is None:
         train_epoch = epoch_trainer(model, optimizer, keras_model.loss())

@@ -9,6 +9,10 @@ augmentation, batching, then a vectorized cast/scale of each whole batch.
 Because every random choice is derived from `(seed, round, client)`, a run
 resumed at round r sees exactly the data an uninterrupted run would have.
 
+`RoundData` cuts each round's datasets to a fixed number of steps per client
+(--local_steps, `client_steps`) and hands out `(client index, dataset)` pairs
+to processes that keep per-client state.
+
 Element structure fed to models: `(images float32 [B, H, W, C] in [0, 1],
 labels int64 [B])`.
 """
@@ -25,6 +29,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_vision import partition as partition_lib
+from tff_vision.config import ConfigError
 
 AUGMENTATIONS = ("none", "flip")
 
@@ -203,3 +208,81 @@ def pooled_dataset(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
     """A uint8 `(image, label)` dataset of all `images`, for centralized training."""
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     return tf.data.Dataset.from_tensor_slices((np.asarray(images), labels))
+
+
+def client_steps(
+    local_steps: int, heterogeneity: str, client_sizes: Sequence[int]
+) -> dict[str, int] | None:
+    """Batches each client trains on per round, or None to use --local_epochs.
+
+    Args:
+        local_steps: Steps per client ("none"), or the steps of a client with
+            the mean number of examples ("proportional": client k takes
+            max(1, round(local_steps * n_k / mean(n))), so the federation's
+            total stays about num_clients * local_steps).
+        heterogeneity: One of `config.STEP_HETEROGENEITY`.
+        client_sizes: Examples per client, in client-id order.
+    """
+    if not local_steps:
+        return None
+    sizes = np.asarray(client_sizes, dtype=np.float64)
+    if heterogeneity == "none":
+        steps = np.full(len(sizes), local_steps)
+    elif heterogeneity == "proportional":
+        steps = np.maximum(1, np.round(local_steps * sizes / sizes.mean())).astype(int)
+    else:
+        raise ConfigError(f"unknown --step_heterogeneity {heterogeneity!r}")
+    return {str(i): int(n) for i, n in enumerate(steps)}
+
+
+def limit_steps(dataset: tf.data.Dataset, steps: int, batch_size: int) -> tf.data.Dataset:
+    """`dataset` (batched) repeated and re-batched to exactly `steps` full batches; 0: as is."""
+    if not steps:
+        return dataset
+    return dataset.repeat().rebatch(batch_size).take(steps)
+
+
+class RoundData:
+    """A `FederatedData` whose round datasets take exactly `steps[client]` batches.
+
+    With `steps` None the datasets pass through unchanged. With `indexed`,
+    `round_dataset` returns `(client_index, dataset)` pairs, the client data
+    that processes with per-client state (SCAFFOLD, FedBN) take. It also
+    remembers the round the trainer is in (`FederatedTrainer` calls
+    `sample_clients(round, ...)` first in each round), which the per-round
+    epsilon needs.
+    """
+
+    def __init__(
+        self,
+        data: FederatedData,
+        steps: dict[str, int] | None,
+        batch_size: int,
+        indexed: bool = False,
+    ):
+        self._data = data
+        self.steps = steps
+        self.batch_size = batch_size
+        self.indexed = indexed
+        self.current_round: int | None = None
+
+    def plain(self) -> RoundData:
+        """The same data without client indices (for Keras baselines)."""
+        return RoundData(self._data, self.steps, self.batch_size)
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_data":
+            raise AttributeError(name)
+        return getattr(self._data, name)
+
+    def sample_clients(self, round_num: int, clients_per_round: int) -> list[str]:
+        self.current_round = round_num
+        return self._data.sample_clients(round_num, clients_per_round)
+
+    def round_dataset(self, client_id: str, round_num: int):
+        dataset = self._data.round_dataset(client_id, round_num)
+        if self.steps:
+            dataset = limit_steps(dataset, self.steps[client_id], self.batch_size)
+        if self.indexed:
+            return int(client_id), dataset
+        return dataset

@@ -1,18 +1,32 @@
 """Every setting of one experiment, and the checks that each can work.
 
-`ExperimentConfig` is the one description of an experiment: the runner's
-flags map onto its fields one to one, `flags.json` records its
-`result_fields()`, and `validate()` raises `ConfigError` (one line naming the
-fix) for any setting that cannot work, before anything is loaded or written.
+`ExperimentConfig` is the one description of an experiment, flat (field
+names are flag names) but declared in sections: data, partition, model,
+client optimizer, server optimizer, algorithm, aggregation and privacy,
+schedule, runtime, outputs. Each setting is written once, as a
+`settings.option` field with its help text and, where they apply, its
+choices and lower bound; the runner generates its flags from these
+(`experiments/cli.py`), `flags.json` records `result_fields()`, and
+`validate()` raises `ConfigError` (one line naming the fix) for any setting
+that cannot work, before anything is loaded or written.
+
+Choices and help texts kept by modules that load TensorFlow (models,
+algorithms, aggregators, ...) are looked up only when asked for: importing
+this module loads neither TF nor absl, so sweeps and tools read defaults
+cheaply.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 from tff_vision import data as data_lib
+from tff_vision import partition as partition_lib
+from tff_vision import settings
+from tff_vision.settings import lazy, option
 
 BASELINES = ("local", "centralized")
 STEP_HETEROGENEITY = ("none", "proportional")
@@ -27,245 +41,314 @@ class ConfigError(ValueError):
     """An invalid experiment setting; the message is one line naming the fix."""
 
 
+def _lib(module: str):
+    """`tff_vision.<module>`, imported when first needed (most of them load TensorFlow)."""
+    return importlib.import_module(f"tff_vision.{module}")
+
+
+def _from(module: str, name: str) -> Callable[[], Any]:
+    """`tff_vision.<module>.<name>`, looked up when needed."""
+    return lazy(f"tff_vision.{module}", name)
+
+
 @dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    """Every setting of one experiment. See `experiments/run.py` for the flags."""
+class DataSettings:
+    """Which images, at what size, from where, and how training images are varied."""
 
-    dataset: str = "retinamnist"
-    size: int = 28
-    data_dir: str | None = None
-    model: str = "resnet18"
-    norm: str = "group"
-    stem: str = "auto"
-    weight_standardization: bool = True
-    algorithm: str = "fedavg"
-    partition: str = "label_exclusion"
-    num_clients: int = 3
-    exclude: str = ""
-    clients_per_round: int = 0
-    rounds: int = 20
-    local_epochs: int = 1
-    batch_size: int = 32
-    augment: str = "none"
-    client_optimizer: str = "adam"
-    client_lr: float = 0.001
-    client_momentum: float = 0.9
-    client_lr_schedule: str = "cosine"
-    server_optimizer: str = "sgd"
-    server_lr: float = 1.0
-    server_momentum: float = 0.0
-    # Algorithms, aggregation and privacy (issue #3); see experiments/run.py.
-    proximal_strength: float = 0.0
-    server_beta1: float = 0.9
-    server_beta2: float = 0.99
-    server_epsilon: float = 1e-3
-    local_steps: int = 0
-    step_heterogeneity: str = "none"
-    aggregator: str = "mean"
-    dp_noise_multiplier: float = 1.0
-    dp_clip: str = "1.0"
-    dp_target_quantile: float = 0.5
-    dp_delta: float = 0.0
-    dp_accountant: str = "rdp"
-    eval_every: int = 1
-    baselines: tuple[str, ...] = ()
-    seed: int = 0
-    output_dir: str = ""
-    # Where TFF runs: remote executor services, or N started on loopback (0: one local context).
-    workers: tuple[str, ...] = ()
-    local_workers: int = 0
-    # Fresh local TFF workers after every this many rounds (bounds their memory; 0 = never).
-    restart_workers_every: int = 50
-    # TF op determinism: "auto" (on with a GPU), "on" or "off"; see devices.set_op_determinism.
-    # Either way CPU runs reproduce exactly, but the two modes differ in the last bits.
-    op_determinism: str = "auto"
-    # bfloat16 compute with float32 weights (see devices.set_mixed_precision); for GPUs.
-    mixed_precision: bool = False
+    dataset: str = option(
+        "retinamnist",
+        "MedMNIST 2D dataset name (e.g. retinamnist, octmnist), or tfds:NAME for a TensorFlow "
+        "Datasets image classification set (e.g. tfds:cifar10).",
+    )
+    size: int = option(
+        28,
+        f"Image size in pixels: one of {', '.join(map(str, data_lib.SIZES))} for MedMNIST; for "
+        f"tfds: sets, images are resized to size x size ({data_lib.TFDS_SIZE_RANGE[0]}.."
+        f"{data_lib.TFDS_SIZE_RANGE[1]}; the native size keeps them as they are).",
+    )
+    data_dir: str | None = option(
+        None,
+        f"Directory with the .npz files. Default: ${data_lib.DATA_DIR_ENV}, else data/.",
+        affects_results=False,
+    )
+    augment: str = option(
+        "none", "Training augmentation.", choices=_from("client_data", "AUGMENTATIONS")
+    )
+    seed: int = option(0, "Seed for partition, initialization and data order.")
 
-    # Settings that do not change results: a resumed run may differ in these.
-    NON_RESULT_FIELDS = (
-        "data_dir",
-        "output_dir",
-        "workers",
-        "local_workers",
-        "restart_workers_every",
+
+@dataclasses.dataclass(frozen=True)
+class PartitionSettings:
+    """How the training split is divided over the clients."""
+
+    partition: str = option(
+        "label_exclusion",
+        f"How training data is split over clients: {', '.join(partition_lib.VALID_SPECS)}.",
+    )
+    num_clients: int = option(3, "Number of clients.", lower_bound=1)
+    exclude: str = option(
+        "",
+        "label_exclusion only: excluded classes per client, ';' between clients and ',' "
+        "within one, e.g. '1;2;3' (client 0 lacks class 1, ...) or '1,2;;3'.",
     )
 
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """The architecture every participant trains."""
+
+    model: str = option("resnet18", "Architecture.", choices=_from("models", "MODEL_NAMES"))
+    norm: str = option(
+        "group",
+        "Normalization layers (group is the FL default).",
+        choices=_from("models", "NORMS"),
+    )
+    stem: str = option(
+        "auto",
+        "ResNet-18 stem: imagenet (7x7/2 + pool), small (3x3/2), cifar (3x3/1); auto picks "
+        "imagenet from 128px.",
+        choices=_from("models", "STEMS"),
+    )
+    weight_standardization: bool = option(
+        True,
+        "Weight-standardize the convolutions that feed GroupNorm (GroupNorm + WS, as Big "
+        "Transfer); no effect with --norm=batch or none.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientOptimizerSettings:
+    """How clients (and the Keras baselines) take their local steps."""
+
+    client_optimizer: str = option(
+        "adam", "Client optimizer.", choices=_from("algorithms", "OPTIMIZERS")
+    )
+    client_lr: float = option(0.001, "Client learning rate.")
+    client_momentum: float = option(0.9, "Client SGD momentum.")
+    client_lr_schedule: str = option(
+        "cosine",
+        "Client learning rate over rounds: constant, or cosine decay towards 0 at the last round.",
+        choices=_from("algorithms", "SCHEDULES"),
+    )
+
+
+def _server_lr_help() -> str:
+    lr = _lib("algorithms.fedopt").DEFAULT_ADAPTIVE_SERVER_LR
+    return (
+        "Server learning rate (1.0 = plain FedAvg). fedadam/fedyogi/fedadagrad use "
+        f"{lr} when this is left at 1.0; tune in 1e-3 to 1e-1."
+    )
+
+
+def _server_momentum_help() -> str:
+    momentum = _lib("algorithms.fedopt").DEFAULT_FEDAVGM_MOMENTUM
+    return f"Server SGD momentum; --algorithm=fedavgm uses {momentum} when this is left at 0."
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptimizerSettings:
+    """How the server applies the aggregated update (FedOpt algorithms set some of these)."""
+
+    server_optimizer: str = option(
+        "sgd",
+        "Server optimizer of fedavg/fedprox (fedavgm, fedadam, fedyogi, fedadagrad set their own).",
+        choices=_from("algorithms", "OPTIMIZERS"),
+    )
+    server_lr: float = option(1.0, _server_lr_help)
+    server_momentum: float = option(0.0, _server_momentum_help)
+    server_beta1: float = option(
+        0.9,
+        "Adaptive server optimizers (fedadam, fedyogi; --server_optimizer=adam/yogi): "
+        "first-moment decay.",
+    )
+    server_beta2: float = option(0.99, "Adaptive server optimizers: second-moment decay.")
+    server_epsilon: float = option(
+        1e-3,
+        "Adaptive server optimizers: adaptivity epsilon (Reddi et al.'s tau; 1e-3 in their "
+        "experiments).",
+    )
+
+
+def _algorithm_help() -> str:
+    info = _lib("algorithms").ALGORITHM_INFO
+    return (
+        "Federated algorithm: "
+        + "; ".join(f"{name}: {spec.description}" for name, spec in info.items())
+        + "."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmSettings:
+    """The federated algorithm and its own parameter."""
+
+    algorithm: str = option("fedavg", _algorithm_help, choices=_from("algorithms", "ALGORITHMS"))
+    proximal_strength: float = option(
+        0.0,
+        "FedProx mu (> 0, required by --algorithm=fedprox; ignored otherwise): clients minimize "
+        "loss + mu/2 ||w - w_global||^2. Typical 0.001 to 1.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacySettings:
+    """How client updates are combined, and the differential-privacy settings of --aggregator=dp."""
+
+    aggregator: str = option(
+        "mean",
+        "How client updates are combined: mean (weighted); dp (DP-FedAvg: clip + Gaussian noise, "
+        "unweighted); secure (secure-sum mean, simulated); compression (8-bit quantization of "
+        "large tensors, adaptive clipping/zeroing); robust (adaptive clipping and zeroing).",
+        choices=_from("aggregators", "AGGREGATORS"),
+    )
+    dp_noise_multiplier: float = option(
+        1.0, "--aggregator=dp: Gaussian noise stddev / clip norm (>= 0)."
+    )
+    dp_clip: str = option(
+        "1.0",
+        "--aggregator=dp: L2 clip norm of each client update, or 'adaptive' (tracks "
+        "--dp_target_quantile of the update norms; needs --dp_noise_multiplier < 0.1 x clients "
+        "per round).",
+    )
+    dp_target_quantile: float = option(
+        0.5, "--dp_clip=adaptive: quantile of client update norms left unclipped."
+    )
+    dp_delta: float = option(
+        0.0,
+        "--aggregator=dp: delta of the (epsilon, delta) guarantee; 0 = 1 / training examples.",
+    )
+    dp_accountant: str = option(
+        "rdp",
+        "--aggregator=dp: privacy accountant (rdp = Renyi DP, pld = privacy loss distributions).",
+        choices=_from("privacy", "ACCOUNTANTS"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSettings:
+    """Rounds, who takes part in each, and how much each client trains per round."""
+
+    rounds: int = option(20, "Federated rounds.", lower_bound=1, example="10")
+    clients_per_round: int = option(
+        0, "Clients sampled per round; 0 = all.", lower_bound=0, bound_note="0 = all"
+    )
+    local_epochs: int = option(1, "Passes over local data per round.", lower_bound=1)
+    local_steps: int = option(
+        0,
+        "If > 0, each client trains on exactly this many batches per round (its data repeated "
+        "as needed) instead of --local_epochs passes.",
+        lower_bound=0,
+        bound_note="0 = use --local_epochs",
+    )
+    step_heterogeneity: str = option(
+        "none",
+        "With --local_steps: none = every client takes --local_steps; proportional = steps in "
+        "proportion to client data size (--local_steps for a client of mean size).",
+        choices=STEP_HETEROGENEITY,
+    )
+    batch_size: int = option(32, "Client batch size.", lower_bound=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeSettings:
+    """Where and how TFF and TF run; none of these changes results."""
+
+    workers: tuple[str, ...] = option(
+        (),
+        "Comma-separated host:port of TFF executor services (worker_binary) to spread each "
+        "round's clients over; results equal a single-worker run. WARNING: they speak "
+        "unauthenticated gRPC, so use loopback, an SSH tunnel or a private network (see README).",
+        affects_results=False,
+    )
+    local_workers: int = option(
+        0,
+        "Start this many TFF worker services on 127.0.0.1 and spread each round's clients over "
+        "them (0 = one in-process local context).",
+        lower_bound=0,
+        affects_results=False,
+    )
+    restart_workers_every: int = option(
+        50,
+        "Replace the local TFF workers by fresh ones after every N rounds (0 = never): a "
+        "long-running worker_binary grows by ~0.5 MB per round. Results do not change.",
+        lower_bound=0,
+        bound_note="0 = never",
+        affects_results=False,
+    )
+    # On and off differ in the last bits (each reproduces exactly on CPU), so both are recorded.
+    op_determinism: str = option(
+        "auto",
+        "TF op determinism (deterministic kernels, fixed op order): auto = on when a GPU is "
+        "present. CPU runs reproduce exactly without it, ~10% faster.",
+        choices=_from("devices", "OP_DETERMINISM_MODES"),
+    )
+    mixed_precision: bool = option(
+        False,
+        "bfloat16 compute with float32 weights, updates and aggregation (Keras mixed_bfloat16). "
+        "For GPUs (or CPUs) with bfloat16 units.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSettings:
+    """What is evaluated and trained besides the federated model, and where results go."""
+
+    eval_every: int = option(1, "Evaluate on the test set every N rounds.", lower_bound=1)
+    baselines: tuple[str, ...] = option(
+        (),
+        f"Comma-separated baselines trained in the same run: {', '.join(BASELINES)}.",
+        choices=BASELINES,
+    )
+    output_dir: str = option(
+        "",
+        "Where results and checkpoints go (required).",
+        flag_default=None,
+        affects_results=False,
+    )
+
+
+# A dataclass lists the fields of its last base first: the sections run from data to outputs.
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig(
+    OutputSettings,
+    RuntimeSettings,
+    ScheduleSettings,
+    PrivacySettings,
+    AlgorithmSettings,
+    ServerOptimizerSettings,
+    ClientOptimizerSettings,
+    ModelSettings,
+    PartitionSettings,
+    DataSettings,
+):
+    """Every setting of one experiment, flat: field names are the runner's flag names."""
+
     def result_fields(self) -> dict[str, Any]:
-        fields = dataclasses.asdict(self)
-        for name in self.NON_RESULT_FIELDS:
-            fields.pop(name)
-        fields["baselines"] = list(self.baselines)
-        return fields
+        """The settings that determine results (what flags.json records and a resume compares)."""
+        return settings.result_fields(self)
+
+    def differences_from(self, recorded: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """`(name, recorded value, value here)` of each result setting that differs, by name.
+
+        `recorded` is a flags.json; a run recorded before a setting existed ran
+        with the setting's default then.
+        """
+        current = self.result_fields()
+        defaults = {**ExperimentConfig().result_fields(), **_DEFAULTS_BEFORE_CHANGE}
+        recorded = {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}
+        names = sorted(set(recorded) | set(current))
+        return [
+            (k, recorded.get(k), current.get(k)) for k in names if recorded.get(k) != current.get(k)
+        ]
 
     def validate(self) -> None:
-        """Raises `ConfigError` for any setting that cannot work."""
-        # pylint: disable=g-import-not-at-top
-        from tff_vision import aggregators, algorithms, client_data, devices, models, privacy
-
-        _check(self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}; pass e.g. --rounds=10")
-        _check(
-            self.local_epochs >= 1,
-            f"--local_epochs must be >= 1, got {self.local_epochs}",
-        )
-        _check(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
-        _check(self.num_clients >= 1, f"--num_clients must be >= 1, got {self.num_clients}")
-        _check(
-            0 <= self.clients_per_round,
-            f"--clients_per_round must be >= 0 (0 = all), got {self.clients_per_round}",
-        )
-        _check(self.eval_every >= 1, f"--eval_every must be >= 1, got {self.eval_every}")
-        _check(
-            self.restart_workers_every >= 0,
-            f"--restart_workers_every must be >= 0 (0 = never), got {self.restart_workers_every}",
-        )
-        _check(self.local_workers >= 0, f"--local_workers must be >= 0, got {self.local_workers}")
-        _check(
-            self.op_determinism in devices.OP_DETERMINISM_MODES,
-            f"--op_determinism must be auto, on or off, got {self.op_determinism!r}",
-        )
-        _check(
-            not (self.workers and self.local_workers),
-            "--workers and --local_workers exclude each other; give one of them",
-        )
-        for target in self.workers:
-            host, _, port = target.rpartition(":")
-            _check(
-                bool(host) and port.isdigit() and 0 < int(port) < 65536,
-                f"bad --workers entry {target!r}; use host:port, e.g. 127.0.0.1:8000",
-            )
-        if data_lib.is_tfds(self.dataset):
-            low, high = data_lib.TFDS_SIZE_RANGE
-            _check(low <= self.size <= high, f"--size must be in {low}..{high} for tfds: sets")
-        else:
-            _check(
-                self.size in data_lib.SIZES,
-                f"--size must be one of {', '.join(map(str, data_lib.SIZES))} for MedMNIST, "
-                f"got {self.size}",
-            )
-        _one_of("--model", self.model, models.MODEL_NAMES)
-        _one_of("--norm", self.norm, models.NORMS)
-        _one_of("--stem", self.stem, models.STEMS)
-        _one_of("--algorithm", self.algorithm, algorithms.ALGORITHMS)
-        if (self.workers or self.local_workers) and algorithms.ALGORITHM_INFO[
-            self.algorithm
-        ].indexed_clients:
-            raise ConfigError(
-                f"--algorithm={self.algorithm} keeps per-client state on the server and runs on "
-                "one TFF worker; drop --workers/--local_workers"
-            )
-        _one_of("--augment", self.augment, client_data.AUGMENTATIONS)
-        _one_of("--client_optimizer", self.client_optimizer, algorithms.OPTIMIZERS)
-        _one_of("--server_optimizer", self.server_optimizer, algorithms.OPTIMIZERS)
-        _one_of("--client_lr_schedule", self.client_lr_schedule, algorithms.SCHEDULES)
-        for name in self.baselines:
-            _one_of("--baselines entry", name, BASELINES)
-        if "local" in self.baselines and self.client_optimizer == "yogi":
-            raise ConfigError("--baselines=local needs a Keras optimizer; use sgd, adam or adagrad")
-        for flag, lr in (("--client_lr", self.client_lr), ("--server_lr", self.server_lr)):
-            _check(lr > 0, f"{flag} must be > 0, got {lr}")
-        for flag, m in (
-            ("--client_momentum", self.client_momentum),
-            ("--server_momentum", self.server_momentum),
-        ):
-            _check(0 <= m < 1, f"{flag} must be in [0, 1), got {m}")
-        if self.stem != "auto" and self.model != "resnet18":
-            raise ConfigError(f"--stem applies to resnet18 only; drop it for --model={self.model}")
-        self._validate_algorithm(algorithms, aggregators, privacy)
-        _check(bool(self.output_dir), "--output_dir is required; pass e.g. --output_dir=/tmp/run1")
-
-    def _validate_algorithm(self, algorithms, aggregators, privacy) -> None:
-        """Checks the algorithm, aggregator, privacy and local-step settings."""
-        info = algorithms.ALGORITHM_INFO[self.algorithm]
-        _one_of("--aggregator", self.aggregator, aggregators.AGGREGATORS)
-        _one_of("--step_heterogeneity", self.step_heterogeneity, STEP_HETEROGENEITY)
-        _one_of("--dp_accountant", self.dp_accountant, privacy.ACCOUNTANTS)
-        _check(
-            self.proximal_strength >= 0,
-            f"--proximal_strength must be >= 0, got {self.proximal_strength}",
-        )
-        if self.algorithm == "fedprox":
-            _check(
-                self.proximal_strength > 0,
-                "--algorithm=fedprox needs --proximal_strength > 0 (mu, e.g. 0.01 to 1)",
-            )
-        if info.norms is not None and self.norm not in info.norms:
-            raise ConfigError(
-                f"--algorithm={self.algorithm} needs --norm={' or '.join(info.norms)}, "
-                f"got --norm={self.norm}"
-            )
-        if self.aggregator != "mean" and not info.takes_aggregator:
-            raise ConfigError(
-                f"--algorithm={self.algorithm} aggregates its own way; drop "
-                f"--aggregator={self.aggregator} (only mean)"
-            )
-        if (self.aggregator == "dp" and not info.takes_dp) or (
-            self.aggregator == "secure" and not info.takes_secure
-        ):
-            raise ConfigError(
-                f"--aggregator={self.aggregator} does not work with --algorithm={self.algorithm} "
-                "(see tff_vision/algorithms/__init__.py); use fedavg, fedprox or a FedOpt variant"
-            )
-        if (
-            info.client_optimizers is not None
-            and self.client_optimizer not in info.client_optimizers
-        ):
-            raise ConfigError(
-                f"--algorithm={self.algorithm} trains clients with "
-                f"{' or '.join(info.client_optimizers)}; "
-                f"got --client_optimizer={self.client_optimizer}"
-            )
-        if not info.takes_client_momentum and self.client_momentum:
-            raise ConfigError(
-                f"--algorithm={self.algorithm} runs plain local SGD; pass --client_momentum=0"
-            )
-        if self.client_lr_schedule != "constant" and not info.takes_schedule:
-            raise ConfigError(
-                f"--algorithm={self.algorithm} has no client learning-rate schedule; "
-                "pass --client_lr_schedule=constant"
-            )
-        for flag, beta in (
-            ("--server_beta1", self.server_beta1),
-            ("--server_beta2", self.server_beta2),
-        ):
-            _check(0 <= beta < 1, f"{flag} must be in [0, 1), got {beta}")
-        _check(self.server_epsilon > 0, f"--server_epsilon must be > 0, got {self.server_epsilon}")
-        try:
-            self.server_optimizer_spec()
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        _check(
-            self.local_steps >= 0,
-            f"--local_steps must be >= 0 (0 = use --local_epochs), got {self.local_steps}",
-        )
-        if self.step_heterogeneity != "none" and not self.local_steps:
-            raise ConfigError("--step_heterogeneity needs --local_steps > 0")
-        # DP flags are checked whatever the aggregator, so that a typo never passes silently.
-        _check(
-            self.dp_noise_multiplier >= 0,
-            f"--dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}",
-        )
-        _check(
-            self.dp_delta == 0 or 0 < self.dp_delta < 1,
-            f"--dp_delta must be in (0, 1), or 0 for 1/N_train; got {self.dp_delta}",
-        )
-        try:
-            aggregators.parse_dp_clip(self.dp_clip)
-            if self.aggregator == "dp":
-                aggregators.check_dp_settings(
-                    self.dp_noise_multiplier,
-                    self.dp_clip,
-                    self.clients_per_round or self.num_clients,
-                    self.dp_target_quantile,
-                )
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        """Raises `ConfigError` for any setting that cannot work, section by section."""
+        for check in _CHECKS:
+            check(self)
 
     def server_optimizer_spec(self):
         """The server optimizer the algorithm runs with (`algorithms.ServerOptimizerSpec`)."""
-        from tff_vision import algorithms  # pylint: disable=g-import-not-at-top
-
-        return algorithms.server_optimizer_spec(
+        return _lib("algorithms").server_optimizer_spec(
             self.algorithm,
             self.server_optimizer,
             self.server_lr,
@@ -276,20 +359,152 @@ class ExperimentConfig:
         )
 
 
+def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """An `ExperimentConfig` from flag values (unknown keys ignored; lists become tuples)."""
+    fields = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
+    kwargs = {k: v for k, v in values.items() if k in fields}
+    for name, value in kwargs.items():
+        if isinstance(fields[name].default, tuple):
+            kwargs[name] = tuple(value or ())
+    if "baselines" in kwargs:
+        kwargs["baselines"] = tuple(dict.fromkeys(kwargs["baselines"]))  # Each one once.
+    return ExperimentConfig(**kwargs)
+
+
+# --- checks, by section ---
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
 
 
-def _one_of(flag: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {flag} {value!r}; use one of: {', '.join(choices)}")
+def _check_declared(c: ExperimentConfig) -> None:
+    """The lower bounds and choices the settings declare."""
+    try:
+        settings.check_bounds(c)
+        settings.check_choices(c)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
-def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
-    """An `ExperimentConfig` from flag values (unknown keys ignored)."""
-    names = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    kwargs = {k: v for k, v in values.items() if k in names}
-    if "baselines" in kwargs:
-        kwargs["baselines"] = tuple(kwargs["baselines"] or ())
-    return ExperimentConfig(**kwargs)
+def _check_data(c: ExperimentConfig) -> None:
+    if data_lib.is_tfds(c.dataset):
+        low, high = data_lib.TFDS_SIZE_RANGE
+        _check(low <= c.size <= high, f"--size must be in {low}..{high} for tfds: sets")
+    else:
+        _check(
+            c.size in data_lib.SIZES,
+            f"--size must be one of {', '.join(map(str, data_lib.SIZES))} for MedMNIST, "
+            f"got {c.size}",
+        )
+
+
+def _check_model(c: ExperimentConfig) -> None:
+    if c.stem != "auto" and c.model != "resnet18":
+        raise ConfigError(f"--stem applies to resnet18 only; drop it for --model={c.model}")
+
+
+def _check_client_optimizer(c: ExperimentConfig) -> None:
+    _check(c.client_lr > 0, f"--client_lr must be > 0, got {c.client_lr}")
+    _check(
+        0 <= c.client_momentum < 1, f"--client_momentum must be in [0, 1), got {c.client_momentum}"
+    )
+    if "local" in c.baselines and c.client_optimizer == "yogi":
+        raise ConfigError("--baselines=local needs a Keras optimizer; use sgd, adam or adagrad")
+
+
+def _check_server_optimizer(c: ExperimentConfig) -> None:
+    _check(c.server_lr > 0, f"--server_lr must be > 0, got {c.server_lr}")
+    for flag, value in (
+        ("--server_momentum", c.server_momentum),
+        ("--server_beta1", c.server_beta1),
+        ("--server_beta2", c.server_beta2),
+    ):
+        _check(0 <= value < 1, f"{flag} must be in [0, 1), got {value}")
+    _check(c.server_epsilon > 0, f"--server_epsilon must be > 0, got {c.server_epsilon}")
+    try:
+        c.server_optimizer_spec()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_algorithm(c: ExperimentConfig) -> None:
+    """The algorithm's own parameter, then what the algorithm registry accepts with it."""
+    _check(
+        c.proximal_strength >= 0,
+        f"--proximal_strength must be >= 0, got {c.proximal_strength}",
+    )
+    try:
+        _lib("algorithms").check_combination(
+            c.algorithm,
+            norm=c.norm,
+            aggregator=c.aggregator,
+            client_optimizer=c.client_optimizer,
+            client_momentum=c.client_momentum,
+            client_lr_schedule=c.client_lr_schedule,
+            proximal_strength=c.proximal_strength,
+            distributed=bool(c.workers or c.local_workers),
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_privacy(c: ExperimentConfig) -> None:
+    """The DP settings, whatever the aggregator, so that a typo never passes silently."""
+    _check(
+        c.dp_noise_multiplier >= 0,
+        f"--dp_noise_multiplier must be >= 0, got {c.dp_noise_multiplier}",
+    )
+    _check(
+        c.dp_delta == 0 or 0 < c.dp_delta < 1,
+        f"--dp_delta must be in (0, 1), or 0 for 1/N_train; got {c.dp_delta}",
+    )
+    aggregators = _lib("aggregators")
+    try:
+        aggregators.parse_dp_clip(c.dp_clip)
+        if c.aggregator == "dp":
+            aggregators.check_dp_settings(
+                c.dp_noise_multiplier,
+                c.dp_clip,
+                c.clients_per_round or c.num_clients,
+                c.dp_target_quantile,
+            )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_schedule(c: ExperimentConfig) -> None:
+    if c.step_heterogeneity != "none" and not c.local_steps:
+        raise ConfigError("--step_heterogeneity needs --local_steps > 0")
+
+
+def _check_runtime(c: ExperimentConfig) -> None:
+    _check(
+        not (c.workers and c.local_workers),
+        "--workers and --local_workers exclude each other; give one of them",
+    )
+    for target in c.workers:
+        host, _, port = target.rpartition(":")
+        _check(
+            bool(host) and port.isdigit() and 0 < int(port) < 65536,
+            f"bad --workers entry {target!r}; use host:port, e.g. 127.0.0.1:8000",
+        )
+
+
+def _check_outputs(c: ExperimentConfig) -> None:
+    _check(bool(c.output_dir), "--output_dir is required; pass e.g. --output_dir=/tmp/run1")
+
+
+_CHECKS = (
+    _check_declared,
+    _check_runtime,
+    _check_data,
+    _check_model,
+    _check_client_optimizer,
+    _check_server_optimizer,
+    _check_algorithm,
+    _check_schedule,
+    _check_privacy,
+    _check_outputs,
+)

@@ -193,14 +193,9 @@ def plot_confusion_matrix(
     side = max(4.0, 0.6 * n + 2.5)
     fig, ax = plt.subplots(figsize=(side + 1.0, side))
     image = _annotated_heatmap(ax, colour, confusion, vmax, "Blues", "equal")
-    fig.colorbar(image, ax=ax, label="fraction of true class" if normalize else "count")
-    _set_ticks(ax, class_names, class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    colour_label = "fraction of true class" if normalize else "count"
+    axes = ((class_names, "predicted"), (class_names, "true"))
+    return _finish_heatmap(fig, ax, image, colour_label, axes, title, path)
 
 
 def plot_class_counts(
@@ -227,10 +222,20 @@ def plot_class_counts(
     )
     vmax = float(max(values.max(), 1.0))
     image = _annotated_heatmap(ax, values, values, vmax, "Greens", "auto")
-    fig.colorbar(image, ax=ax, label="examples")
-    _set_ticks(ax, list(counts.columns), list(counts.index))
-    ax.set_xlabel("class")
-    ax.set_ylabel("client")
+    axes = ((list(counts.columns), "class"), (list(counts.index), "client"))
+    return _finish_heatmap(fig, ax, image, "examples", axes, title, path)
+
+
+def _finish_heatmap(fig, ax, image, colour_label: str, axes, title: str, path) -> pathlib.Path:
+    """Colour bar, tick labels, axis labels and title of a heat map; then saves it.
+
+    `axes` is `((x tick labels, x label), (y tick labels, y label))`.
+    """
+    (x_ticks, x_label), (y_ticks, y_label) = axes
+    fig.colorbar(image, ax=ax, label=colour_label)
+    _set_ticks(ax, x_ticks, y_ticks)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
     if title:
         ax.set_title(title)
     fig.tight_layout()

@@ -18,10 +18,10 @@ Caveats, so that the numbers are read right:
   samples a fixed number of clients without replacement; accounting for it
   as Poisson sampling with the same rate is the standard approximation
   (exact when q = 1, where the event is the plain Gaussian mechanism).
-* delta defaults to 1 / (number of training examples), as issue #3 asks.
-  With user-level DP over few clients, the natural choice is delta <<
-  1 / num_clients; with 3-10 clients no setting gives a meaningful guarantee,
-  and these numbers are there to be reported, not relied upon.
+* delta defaults to 1 / (number of training examples). With user-level DP
+  over few clients, the natural choice is delta << 1 / num_clients; with
+  3-10 clients no setting gives a meaningful guarantee, and these numbers
+  are there to be reported, not relied upon.
 * noise_multiplier = 0 gives epsilon = inf (written as null in JSON).
 """
 
@@ -80,7 +80,7 @@ def sampling_rate(clients_per_round: int, num_clients: int) -> float:
 
 
 def default_delta(num_train_examples: int) -> float:
-    """1 / N_train (issue #3's default)."""
+    """1 / N_train, the default delta (at least 2 examples counted)."""
     return 1.0 / max(int(num_train_examples), 2)
 
 

@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tff_vision import fileio, plots, sweep
 from tff_vision import partition as partition_lib
-from tff_vision import plots, sweep
 
 plt = plots.plt  # pyplot with the non-interactive backend that `plots` selects.
 
@@ -132,14 +132,14 @@ def load_cells(sweep_dir: os.PathLike | str) -> tuple[pd.DataFrame, list[str]]:
         raise ReportError(str(e)) from None
     rows, notes, unfinished = [], [], []
     for out, record in known:
-        summary = sweep.read_json(out / "summary.json")
+        summary = fileio.read_json(out / "summary.json")
         if summary is None:
             if (out / "summary.json").exists():
                 notes.append(f"{out / 'summary.json'} is unreadable; that cell is left out")
             else:
                 unfinished.append(out.name)
             continue
-        flags = sweep.read_json(out / "flags.json") or {}
+        flags = fileio.read_json(out / "flags.json") or {}
         fed = summary.get("federated") or {}
         row = {"name": out.name}
         for key in ("partition", "algorithm", "model", "seed"):
@@ -399,7 +399,7 @@ def plot_partitions(
     sweep_dir, out_dir = pathlib.Path(sweep_dir), pathlib.Path(out_dir)
     candidates: dict[str, list[tuple[int, pathlib.Path]]] = {}
     for out, record in _known_cells(sweep_dir):
-        flags = sweep.read_json(out / "flags.json") or record
+        flags = fileio.read_json(out / "flags.json") or record
         if "partition" in flags and "seed" in flags:
             candidates.setdefault(flags["partition"], []).append((int(flags["seed"]), out))
     files, notes = [], []
@@ -421,15 +421,6 @@ def plot_partitions(
 
 # ---------------------------------------------------------------------------
 # Everything.
-
-
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_report(sweep_dir: os.PathLike | str, metric: str = "test_accuracy") -> Report:
@@ -459,7 +450,7 @@ def write_report(sweep_dir: os.PathLike | str, metric: str = "test_accuracy") ->
         ("table.csv", table.to_csv(index=False)),
         ("table.md", markdown),
     ):
-        _write_text_atomic(out / name, value)
+        fileio.write_text_atomic(out / name, value)
         files.append(out / name)
     short = _short(metric)
     for kind, stem, xlabel, log_x in (

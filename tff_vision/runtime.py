@@ -1,59 +1,28 @@
-"""TFF execution contexts, devices and process cleanup.
+"""TFF execution contexts over `worker_binary` processes this process owns, and their cleanup.
 
-TFF's stock local C++ context starts a `worker_binary` subprocess that inherits
-the parent's stdout/stderr and is only stopped by a `__del__` that often never
-runs: the worker outlives Python and any pipeline reading the parent's output
-hangs. This module starts the worker itself and makes sure it ends:
+TFF's stock local context starts a worker that inherits the parent's
+stdout/stderr and is stopped only by a `__del__` that often never runs, so the
+worker outlives Python and a pipeline reading the parent's output hangs. The
+contexts here run on `tff_vision.workers.LocalWorker`s instead (or on
+executor services given by address) and promise that every worker this
+process started stops on normal exit, exceptions, Ctrl-C, SIGTERM and SIGHUP
+(`atexit`, signal handlers, `shutdown()`); SIGKILL is covered by the worker's
+parent-death signal.
 
-* its stdout/stderr go to a log file (or /dev/null), never to the parent's;
-* Linux `PR_SET_PDEATHSIG` kills it when the parent dies, even by SIGKILL;
-* `atexit`, SIGTERM/SIGHUP handlers and `shutdown()` stop it on normal exit,
-  exceptions and Ctrl-C.
+Contexts are built from TFF's public pieces (`RemoteExecutor` over a gRPC
+stub, `ResourceManagingExecutorFactory`, the native compiler), as
+`tff.backends.native.set_sync_local_cpp_execution_context` does, minus its
+unmanaged process and with `tff_vision.serialization`'s faster serializer.
+Several workers run TFF's mergeable-computation context: each call's
+CLIENTS-placed argument is split into one contiguous slice per worker and the
+partial aggregates are merged, which gives the single-worker result up to the
+order of the client sums for every algorithm and aggregator of this package.
 
-Ctrl-C itself can be lost: Python raises KeyboardInterrupt wherever the main
-thread happens to be, and when that is inside a garbage-collector callback
-(JAX, which TFF imports, registers one) or a `__del__`, Python prints
-"Exception ignored in ..." and carries on. `install_interrupt_guard()`
-remembers every SIGINT, and long loops call `raise_if_interrupted()` so that
-such a swallowed Ctrl-C still stops the run at the next round.
+Between rounds everything that matters lives in Python, so
+`restart_local_workers()` can replace our workers by fresh ones (with the same
+settings) to bound the memory a long-running worker accumulates.
 
-The TFF context is assembled from TFF's own public pieces
-(`tff.framework.RemoteExecutor` over a gRPC stub, a
-`ResourceManagingExecutorFactory` and a `SyncExecutionContext` with the native
-compiler), which is exactly what `tff.backends.native.
-set_sync_local_cpp_execution_context` builds, minus the unmanaged process,
-and with `tff_vision.serialization`'s faster serializer for the values sent
-to the worker (the server state every round: ~0.9 s -> ~0.03 s for ResNet-18).
-
-Several workers: `start_local_workers(n)` starts n managed workers (same
-hygiene as above) and `start_multi_worker_context(targets)` installs TFF's
-mergeable-computation context over one `AsyncExecutionContext` per worker
-(`start_local_multi_worker_context(n)` does both). Each call's CLIENTS-placed
-argument is split into contiguous slices, one per worker; each worker runs
-its slice up to the aggregation, the partial aggregates are merged and the
-server-side rest runs once. This works for any computation whose
-aggregations do not depend on one another; checked for every algorithm of
-`tff_vision.algorithms` (FedAvg with and without a schedule, FedProx,
-FedOpt, SCAFFOLD, FedNova, FedBN) and the dp, secure, compression and robust
-aggregators: results equal the single-worker ones up to the order in which
-client sums are added (~1e-8 after one round).
-
-Memory: a long-running `worker_binary` grows by ~0.5 MB per round (measured:
-small CNN, 10 clients; glibc malloc arenas fragment under TF's many threads,
-capping them with MALLOC_ARENA_MAX=2 cut the growth to 0.04 MB/round but made
-rounds ~25% slower). Since every value that matters between rounds lives in
-Python (the server state is returned each round), `restart_local_workers()`
-replaces the workers this process started by fresh ones, with the same
-settings, between two rounds; `training.FederatedTrainer` does so every
-`restart_workers_every` rounds, which bounds the growth.
-
-Limitation: the TFF 0.87 `worker_binary` has no bind-address flag (only
---port, --max_concurrent_computation_calls and
---grpc_max_message_length_megabytes); it listens on all interfaces
-(`[::]:port`). We only ever connect through loopback, but while a worker runs,
-anything that can reach this machine's port can talk to it, and TFF's
-executor service is plain, unauthenticated gRPC. Where that matters, firewall
-the ports or run inside a private network namespace.
+Security: a TFF 0.87 worker listens on all interfaces and answers anyone, unauthenticated.
 """
 
 import atexit
@@ -63,26 +32,39 @@ import functools
 import os
 import pathlib
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from absl import logging
+from tff_vision import workers as workers_lib
+from tff_vision.workers import LocalWorker, RuntimeSetupError, find_workers, worker_binary_path
 
-from tff_vision import childproc, devices
+# The workers' names that callers reach through the runtime, with the runtime's own.
+__all__ = [
+    "LocalWorker",
+    "RuntimeSetupError",
+    "find_workers",
+    "local_context",
+    "release_free_memory",
+    "restart_local_workers",
+    "restart_workers_after",
+    "shutdown",
+    "start_local_context",
+    "start_local_multi_worker_context",
+    "start_local_workers",
+    "start_multi_worker_context",
+    "worker_binary_path",
+]
 
-OWNER_ENV = "TFF_VISION_OWNER_PID"
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
 _GRPC_OPTIONS = [
     ("grpc.max_message_length", _GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", _GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", _GRPC_MAX_MESSAGE_BYTES),
 ]
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
-_workers: list["LocalWorker"] = []
+_workers: list[LocalWorker] = []
 # gRPC channels of the stubs we made: closed by `shutdown()`, which also ends the thread gRPC
 # runs per channel to watch its connectivity (it holds the stub and would outlive a restart).
 _channels: list = []
@@ -94,109 +76,6 @@ _hooks_installed = False
 # How to start the current context again with fresh workers (see `restart_local_workers`);
 # None when there is no context of ours, or it has workers we did not start.
 _restart = None
-
-
-class RuntimeSetupError(RuntimeError):
-    """The TFF runtime could not be started."""
-
-
-def worker_binary_path() -> pathlib.Path:
-    """Path of the `worker_binary` shipped inside the TFF wheel."""
-    import tensorflow_federated  # pylint: disable=g-import-not-at-top
-
-    path = pathlib.Path(tensorflow_federated.__file__).parent / "data" / "worker_binary"
-    if not path.is_file():
-        raise RuntimeSetupError(f"TFF worker binary missing at {path}; reinstall with `make env`")
-    return path
-
-
-class LocalWorker:
-    """One `worker_binary` executor service, owned by this process, reached via loopback.
-
-    The worker dies with this process (`PR_SET_PDEATHSIG`), and `shutdown()`
-    or the exit hooks stop it earlier when it was registered by
-    `start_local_context` or `start_local_workers`.
-
-    Args:
-        max_concurrent_computation_calls: passed to the worker; nonpositive
-            means no limit.
-        log_path: where the worker's output goes (default: discarded).
-        port: the port to serve on (default: a free one).
-        host: the loopback address we connect through ("127.0.0.1", "::1" or
-            "localhost"). The TFF 0.87 worker itself listens on all interfaces
-            (it has no bind flag), see the module docstring.
-        env: extra environment variables for the worker (e.g. TF thread
-            settings).
-    """
-
-    def __init__(
-        self,
-        max_concurrent_computation_calls: int = -1,
-        log_path: os.PathLike | None = None,
-        port: int | None = None,
-        host: str = "127.0.0.1",
-        env: dict[str, str] | None = None,
-    ):
-        import portpicker  # pylint: disable=g-import-not-at-top
-
-        _check_loopback(host)
-        self.host = host
-        self.port = port or portpicker.pick_unused_port()
-        args = [
-            str(worker_binary_path()),
-            f"--port={self.port}",
-            f"--max_concurrent_computation_calls={max_concurrent_computation_calls}",
-        ]
-        child_env = dict(os.environ)
-        # TF's C++ runtime reads this: the worker follows `devices.set_op_determinism`.
-        child_env["TF_DETERMINISTIC_OPS"] = "1" if devices.op_determinism_enabled() else "0"
-        # A worker on a GPU takes memory as it needs it, not the whole device up front.
-        child_env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-        child_env.update(env or {})
-        child_env[OWNER_ENV] = str(os.getpid())
-        self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=child_env,
-            close_fds=True,
-            preexec_fn=childproc.die_with_parent(own_process_group=True),
-        )
-        logging.info("started TFF worker pid %d on port %d", self.process.pid, self.port)
-
-    @property
-    def target(self) -> str:
-        # The worker_binary listens on all interfaces (TFF 0.87 has no bind
-        # flag); we only ever connect through loopback.
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.process.poll() is None:
-            try:
-                self.process.send_signal(signal.SIGINT)
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            except ProcessLookupError:
-                pass
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
-            self._log = subprocess.DEVNULL
-
-
-def _check_loopback(host: str) -> None:
-    if host not in _LOOPBACK_HOSTS and not host.startswith("127."):
-        raise ValueError(
-            f"local workers are reached through loopback only, got host {host!r}; "
-            "for workers on other machines use start_multi_worker_context(targets)"
-        )
 
 
 def _make_stub(target: str, worker: LocalWorker | None = None, timeout: float = 60.0):
@@ -240,6 +119,18 @@ def _executor_factory(stub, default_num_clients: int = 0):
     return tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
 
 
+def _native_context_args(stub, default_num_clients: int) -> dict:
+    """Keyword arguments of TFF's sync or async execution context over one executor service."""
+    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+    return dict(
+        executor_fn=_executor_factory(stub, default_num_clients),
+        compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+        transform_args=tff.tensorflow.transform_args,
+        transform_result=tff.tensorflow.transform_result,
+    )
+
+
 def _drop_stock_context() -> None:
     """Releases the context `import tensorflow_federated` installs, before teardown.
 
@@ -255,9 +146,19 @@ def _drop_stock_context() -> None:
     _set_no_default_context()
 
 
-def _register_context(context) -> None:
+def _install_context(context) -> None:
+    """Makes `context` TFF's default and registers it for `shutdown()`."""
+    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
     with _lock:
         _contexts.append(context)
+    tff.framework.set_default_context(context)
+
+
+def _register_worker(worker: LocalWorker) -> None:
+    _install_exit_hooks()
+    with _lock:
+        _workers.append(worker)
 
 
 def _stop_event_loop(context) -> None:
@@ -324,22 +225,15 @@ def start_local_context(
     import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
     global _restart
-    _install_exit_hooks()
     worker = LocalWorker(max_concurrent_computation_calls, log_path, env=env)
-    with _lock:
-        _workers.append(worker)
+    _register_worker(worker)
     _restart = functools.partial(
         start_local_context, max_concurrent_computation_calls, log_path, default_num_clients, env
     )
     stub = _make_stub(worker.target, worker)
-    context = tff.framework.SyncExecutionContext(
-        executor_fn=_executor_factory(stub, default_num_clients),
-        compiler_fn=tff.backends.native.desugar_and_transform_to_native,
-        transform_args=tff.tensorflow.transform_args,
-        transform_result=tff.tensorflow.transform_result,
+    _install_context(
+        tff.framework.SyncExecutionContext(**_native_context_args(stub, default_num_clients))
     )
-    _register_context(context)
-    tff.framework.set_default_context(context)
     return worker
 
 
@@ -352,15 +246,14 @@ def start_local_workers(
 ) -> list[LocalWorker]:
     """Starts `n` managed `worker_binary` executor services reached through loopback.
 
-    Each worker is a `LocalWorker` registered for `shutdown()` and the exit
-    hooks and dies with this process even on SIGKILL. This only starts them;
-    pass `[w.target for w in workers]` to `start_multi_worker_context`.
+    Each is a `LocalWorker` registered for `shutdown()` and the exit hooks.
+    This only starts them; pass `[w.target for w in workers]` to
+    `start_multi_worker_context`.
 
     Args:
         n: number of workers, >= 1.
         host: loopback address to reach them by ("127.0.0.1", "::1",
-            "localhost"); anything else is refused. Note that the TFF 0.87
-            worker binary itself listens on all interfaces (no bind flag).
+            "localhost"); anything else is refused.
         max_concurrent_computation_calls: passed to every worker.
         log_dir: if given, worker i writes its output to `log_dir/worker_i.log`.
         env: extra environment variables for the workers.
@@ -370,14 +263,12 @@ def start_local_workers(
     """
     if n < 1:
         raise ValueError(f"need at least one worker, got {n}")
-    _check_loopback(host)
-    _install_exit_hooks()
+    workers_lib.check_loopback(host)
     workers = []
     for i in range(n):
         log_path = pathlib.Path(log_dir) / f"worker_{i}.log" if log_dir else None
         worker = LocalWorker(max_concurrent_computation_calls, log_path, host=host, env=env)
-        with _lock:
-            _workers.append(worker)
+        _register_worker(worker)
         workers.append(worker)
     return workers
 
@@ -433,18 +324,12 @@ def start_multi_worker_context(
     for target in targets:
         stub = _make_stub(target, by_target.get(target), timeout)
         async_contexts.append(
-            tff.framework.AsyncExecutionContext(
-                executor_fn=_executor_factory(stub, default_num_clients),
-                compiler_fn=tff.backends.native.desugar_and_transform_to_native,
-                transform_args=tff.tensorflow.transform_args,
-                transform_result=tff.tensorflow.transform_result,
-            )
+            tff.framework.AsyncExecutionContext(**_native_context_args(stub, default_num_clients))
         )
     context = tff.backends.native.create_mergeable_comp_execution_context(
         async_contexts=async_contexts, num_subrounds=num_subrounds
     )
-    _register_context(context)
-    tff.framework.set_default_context(context)
+    _install_context(context)
     global _restart
     _restart = None  # Set by `start_local_multi_worker_context` when every worker is ours.
     return context
@@ -489,8 +374,7 @@ def restart_local_workers() -> bool:
     Only for contexts made by `start_local_context` or
     `start_local_multi_worker_context` (remote workers are not ours to
     restart). Call it between computations: values held by the old workers
-    are gone. Ends the memory a long-running worker accumulates; the first
-    call after it pays the worker's start-up again (~1-2 s).
+    are gone, and the first call after it pays the workers' start-up again.
 
     Returns:
         Whether the workers were restarted.
@@ -560,33 +444,3 @@ def local_context(**kwargs) -> Iterator[LocalWorker]:
         yield start_local_context(**kwargs)
     finally:
         shutdown()
-
-
-@contextlib.contextmanager
-def local_multi_worker_context(n: int, **kwargs) -> Iterator[list[LocalWorker]]:
-    """Context manager form of `start_local_multi_worker_context` that always shuts down."""
-    try:
-        yield start_local_multi_worker_context(n, **kwargs)
-    finally:
-        shutdown()
-
-
-def find_workers(owner_pid: int | None = None) -> list[int]:
-    """PIDs of live `worker_binary` processes started by tff-vision.
-
-    Args:
-      owner_pid: only those started by this process id; None for any owner.
-    """
-    import psutil  # pylint: disable=g-import-not-at-top
-
-    found = []
-    for proc in psutil.process_iter(["pid", "name", "status"]):
-        try:
-            if proc.info["name"] != "worker_binary" or proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            owner = proc.environ().get(OWNER_ENV)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if owner is not None and (owner_pid is None or owner == str(owner_pid)):
-            found.append(proc.info["pid"])
-    return found

@@ -1,6 +1,7 @@
 """The federated round loop: a TFF learning process run resumably, with metrics released.
 
-`FederatedTrainer` drives a TFF `LearningProcess` round by round. After each
+`FederatedTrainer` drives a TFF `LearningProcess` round by round, each round
+one `RoundStep` (the step the benchmark harness times as well). After each
 round it releases a metrics row (`tff.program.CSVFileReleaseManager`, which
 rewrites the CSV atomically and drops rows of rounds being redone, plus a
 `TensorBoardReleaseManager`) and then saves the whole process state with a
@@ -57,21 +58,55 @@ class FederatedOutcome:
     seconds: float
 
 
-class FederatedTrainer:
-    """Runs a TFF learning process for `rounds` rounds with checkpoints and metrics.
+class RoundStep:
+    """One federated round of a learning process over `FederatedData`: the loop's only body.
+
+    `next(state, round_num)` samples the round's clients, builds their round
+    datasets and calls `process.next`, in that order. Every choice derives from
+    (seed, round, client), so a round depends only on its state and number:
+    `FederatedTrainer` and the benchmark harness run the same rounds through
+    this one object.
 
     Args:
         process: A `tff.learning.templates.LearningProcess`.
         data: A `client_data.FederatedData` providing per-round client datasets.
+        initial_weights: `tff.learning.models.ModelWeights` replacing the
+            process's own initialization.
+        clients_per_round: Clients sampled per round (all when 0 or >= clients).
+    """
+
+    def __init__(self, process, data, initial_weights, clients_per_round: int = 0):
+        self.process, self.data, self.initial_weights = process, data, initial_weights
+        self.clients_per_round = clients_per_round or len(data.client_ids)
+
+    def initial_state(self):
+        state = self.process.initialize()
+        return self.process.set_model_weights(state, self.initial_weights)
+
+    def next(self, state, round_num: int):
+        """Runs round `round_num` from `state`; returns the process's `LearningProcessOutput`."""
+        clients = self.data.sample_clients(round_num, self.clients_per_round)
+        datasets = [self.data.round_dataset(c, round_num) for c in clients]
+        return self.process.next(state, datasets)
+
+    def model_weights(self, state):
+        """The global `ModelWeights` of `state`."""
+        return self.process.get_model_weights(state)
+
+
+class FederatedTrainer:
+    """Runs a TFF learning process for `rounds` rounds with checkpoints and metrics.
+
+    Args:
+        process, data, initial_weights, clients_per_round: The `RoundStep`
+            every round runs. The initial weights replace the process's own
+            initialization, so that baselines and the federated model start
+            from identical weights.
         rounds: Total number of rounds.
         eval_model: A Keras model with the process's architecture; the global
             weights are assigned to it for evaluation.
         evaluate: Function evaluating `eval_model` on the test set.
         output_dir: Directory for `metrics.csv`, `tb/` and `checkpoints/federated/`.
-        initial_weights: `tff.learning.models.ModelWeights` to start from (the
-            process's own initialization is replaced, so that baselines and
-            the federated model start from identical weights).
-        clients_per_round: Clients sampled per round (all when >= clients).
         eval_every: Evaluate every this many rounds (and always at the end).
         keep_checkpoints: How many round checkpoints to keep.
         printer: Where progress lines go.
@@ -96,11 +131,10 @@ class FederatedTrainer:
         printer: Callable[[str], None] = print,
         restart_workers_every: int = 0,
     ):
-        self.process, self.data, self.rounds = process, data, rounds
+        self.step = RoundStep(process, data, initial_weights, clients_per_round)
+        self.rounds = rounds
         self.restart_workers_every = restart_workers_every
         self.eval_model, self.evaluate = eval_model, evaluate
-        self.initial_weights = initial_weights
-        self.clients_per_round = clients_per_round or len(data.client_ids)
         self.eval_every = max(1, eval_every)
         self.printer = printer
         output_dir = pathlib.Path(output_dir)
@@ -116,13 +150,9 @@ class FederatedTrainer:
         )
         self.tensorboard = tff.program.TensorBoardReleaseManager(output_dir / "tb" / "federated")
 
-    def initial_state(self):
-        state = self.process.initialize()
-        return self.process.set_model_weights(state, self.initial_weights)
-
     def restore(self) -> tuple[Any, int]:
         """The latest saved state and its round, or the initial state and 0."""
-        initial = self.initial_state()
+        initial = self.step.initial_state()
         versions = _run_coroutine(self.state_manager.get_versions()) or []
         if not versions:
             return initial, 0
@@ -130,7 +160,7 @@ class FederatedTrainer:
         return _run_coroutine(self.state_manager.load(latest, initial)), latest
 
     def evaluate_state(self, state) -> evaluation.EvalResult:
-        self.process.get_model_weights(state).assign_weights_to(self.eval_model)
+        self.step.model_weights(state).assign_weights_to(self.eval_model)
         return self.evaluate(self.eval_model)
 
     def run(self) -> FederatedOutcome:
@@ -143,9 +173,7 @@ class FederatedTrainer:
         for round_num in range(done + 1, self.rounds + 1):
             interrupts.raise_if_interrupted()
             t0 = time.monotonic()
-            clients = self.data.sample_clients(round_num, self.clients_per_round)
-            datasets = [self.data.round_dataset(c, round_num) for c in clients]
-            output = self.process.next(state, datasets)
+            output = self.step.next(state, round_num)
             state = output.state
             row = _train_row(output.metrics)
             row["round_seconds"] = time.monotonic() - t0

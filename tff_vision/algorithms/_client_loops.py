@@ -1,41 +1,21 @@
-"""Shared building blocks of the SCAFFOLD, FedNova and FedBN learning processes.
+"""How the clients of the composed processes (FedProx, SCAFFOLD, FedNova, FedBN) train.
 
-Local training:
-    `train_locally` runs a `tff.learning.optimizers.Optimizer` over every batch
-    of a client dataset on a `tff.learning.models.VariableModel` (the same loop
-    as TFF's model-delta client work), optionally correcting each gradient
-    first (SCAFFOLD), and counts the examples and the local steps taken (the
-    `K` of SCAFFOLD and the `tau_i` of FedNova).
-
-Per-client state held at the server:
-    A TFF learning process has no persistent client state. SCAFFOLD's control
-    variates `c_i` and FedBN's local normalization parameters are therefore
-    kept in the server state as *tables*: every variable stacked along a
-    leading axis of length `num_clients` (fixed when the process is built).
-    Within a round, `select_client_rows` sends each participating client its
-    own row (`tff.federated_select`) and `scatter_client_rows` puts the rows
-    the clients send back at their index (`tff.federated_aggregate` into a
-    zero table). Because the tables are part of the state, saving and loading
-    the whole state (`tff.program.FileProgramStateManager`) resumes exactly.
-    The price is memory: a table holds `num_clients` copies of its variables,
-    in the state and in every checkpoint.
-
-Client identity:
-    To find its row a client must know its index, so the client data of these
-    processes is, per client, `OrderedDict(client_index=<dataset of one int32>,
-    data=<batches>)`. `ClientIndexedLearningProcess` wraps such a process so
-    that `next(state, client_data)` also accepts the simulation's usual forms:
-    a list of exactly `num_clients` datasets (full participation, list
-    position = client index) or `(client_index, dataset)` pairs (any subset of
-    distinct clients, in any order).
+`train_locally` runs a `tff.learning.optimizers.Optimizer` over every batch of
+a client dataset on a `tff.learning.models.VariableModel` (the same loop as
+TFF's model-delta client work), optionally correcting each gradient first
+(SCAFFOLD's control variates, FedProx's proximal term), and counts the
+examples and the local steps taken (the `K` of SCAFFOLD, the `tau_i` of
+FedNova). A client whose update is not finite sends zeros with weight 0
+(`zero_if_non_finite`, `finish_client`), so one diverged client cannot ruin
+a round. `trace_model` reads the TFF types a builder needs from `model_fn`.
+Per-client state (SCAFFOLD, FedBN) is in `_client_state`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,9 +23,6 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_vision.algorithms import keras_model
-
-CLIENT_INDEX = "client_index"
-DATA = "data"
 
 GradientCorrection = Callable[[list[tf.Tensor]], list[tf.Tensor]]
 
@@ -149,7 +126,28 @@ def client_weight(
     return tf.where(is_finite, weight, 0.0)
 
 
-# ----------------------------------------------------------------------------- types
+def finish_client(
+    model: tff.learning.models.VariableModel,
+    update: Any,
+    num_examples: tf.Tensor,
+    is_finite: tf.Tensor,
+    weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
+) -> tuple[tff.learning.templates.ClientResult, Any]:
+    """`(ClientResult, unfinalized metrics)` of a client that trained `model`.
+
+    A client whose update was not finite (zeroed by `zero_if_non_finite`)
+    gets weight 0 and reports no metrics, so one diverged client neither
+    moves the model nor spoils the round's training loss.
+    """
+    if not is_finite:
+        model.reset_metrics()
+    result = tff.learning.templates.ClientResult(
+        update=update, update_weight=client_weight(weighting, num_examples, is_finite)
+    )
+    return result, model.report_local_unfinalized_metrics()
+
+
+# ---------------------------------------------------------------------- model and client work
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,296 +202,27 @@ def trace_model(
     )
 
 
-def indexed_data_type(element_type: tff.Type) -> tff.Type:
-    """Per-client data of the client-stateful processes: its index and its batches."""
-    return tff.types.StructWithPythonType(
-        [
-            (CLIENT_INDEX, tff.SequenceType(tff.TensorType(np.int32))),
-            (DATA, tff.SequenceType(element_type)),
-        ],
-        collections.OrderedDict,
-    )
-
-
 def tensor_specs(type_spec: tff.Type) -> Any:
     """The structure of `tf.TensorSpec`s (Python containers kept) of a tensor type tree."""
     return tff.types.type_to_tf_tensor_specs(type_spec)
 
 
-def stacked_type(member_type: tff.Type, num_clients: int) -> tff.Type:
-    """The type of `num_clients` copies of `member_type` stacked on a new leading axis."""
-    specs = tf.nest.map_structure(
-        lambda s: tf.TensorSpec([num_clients, *s.shape], s.dtype), tensor_specs(member_type)
-    )
-    return tff.types.tensorflow_to_type(specs)
+def train_measurements(metrics_aggregation_fn: tff.Computation, model_outputs: tff.Value):
+    """SERVER-placed `OrderedDict(train=...)`: the clients' training metrics, aggregated."""
+    return tff.federated_zip(collections.OrderedDict(train=metrics_aggregation_fn(model_outputs)))
 
 
-def zeros_like_type(type_spec: tff.Type) -> Any:
-    """Zeros of `type_spec` (to be called while tracing TensorFlow)."""
-    return tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), tensor_specs(type_spec))
+def client_work_process(
+    init_fn: tff.Computation, next_fn: tff.Computation
+) -> tff.learning.templates.ClientWorkProcess:
+    """`ClientWorkProcess(init_fn, next_fn)`, with Keras' eager classes restored.
 
-
-# ----------------------------------------------------------------------------- federated helpers
-
-
-@tff.tensorflow.computation(tff.SequenceType(tff.TensorType(np.int32)))
-def _client_index(index_dataset):
-    return tf.reshape(index_dataset.get_single_element(), [])
-
-
-def client_indices(client_data: tff.Value) -> tff.Value:
-    """CLIENTS-placed int32 scalars: the index of every participating client.
-
-    Args:
-        client_data: CLIENTS-placed value of type `indexed_data_type(...)`.
+    Tracing the client update in TFF's graphs switches Keras' functional base
+    class (see `keras_model.restore_eager_keras_classes`).
     """
-    return tff.federated_map(_client_index, getattr(client_data, CLIENT_INDEX))
-
-
-def select_client_rows(indices: tff.Value, table: tff.Value, num_clients: int) -> tff.Value:
-    """Sends every participating client its own row of a server-held table.
-
-    Call while tracing a federated computation. The row travels as a flat
-    tuple of tensors (in `tf.nest.flatten` order): TFF 0.87 mixes up the fields
-    of dict-structured sequence elements that arrive via `federated_select`
-    (type order versus `tf.nest`'s sorted-key order), so the client must
-    rebuild it with `client_row`.
-
-    Args:
-        indices: CLIENTS-placed int32 scalars from `client_indices`.
-        table: SERVER-placed structure whose tensors have leading axis
-            `num_clients`.
-        num_clients: Number of rows.
-
-    Returns:
-        A CLIENTS-placed sequence holding exactly one element: the client's
-        row, flattened.
-    """
-    table_type = table.type_signature.member
-
-    @tff.tensorflow.computation(np.int32)
-    def as_keys(index):
-        return tf.reshape(index, [1])
-
-    @tff.tensorflow.computation(table_type, np.int32)
-    def row(table, key):
-        return tuple(tf.gather(t, key) for t in tf.nest.flatten(table))
-
-    return tff.federated_select(
-        tff.federated_map(as_keys, indices),
-        tff.federated_value(np.int32(num_clients), tff.SERVER),
-        table,
-        row,
-    )
-
-
-def flat_row_type(row_type: tff.Type) -> tff.Type:
-    """The sequence element type `select_client_rows` sends for rows of `row_type`."""
-    return tff.types.tensorflow_to_type(tuple(tf.nest.flatten(tensor_specs(row_type))))
-
-
-def client_row(rows: tf.data.Dataset, row_type: tff.Type) -> Any:
-    """Rebuilds, in TensorFlow, the row a client received from `select_client_rows`."""
-    return tf.nest.pack_sequence_as(tensor_specs(row_type), list(rows.get_single_element()))
-
-
-def scatter_client_rows(indices: tff.Value, rows: tff.Value, num_clients: int) -> tff.Value:
-    """Gathers the clients' rows at the server, each at its client's index.
-
-    Call while tracing a federated computation.
-
-    Args:
-        indices: CLIENTS-placed int32 scalars from `client_indices` (distinct).
-        rows: CLIENTS-placed structure of tensors, one row per client.
-        num_clients: Number of rows of the resulting table.
-
-    Returns:
-        A SERVER-placed `(table, counts)`: `table` stacks the rows along a new
-        leading axis (zeros for clients that did not take part) and `counts`
-        (int32 `[num_clients]`) is 1 for the clients that took part, else 0.
-    """
-    row_type = rows.type_signature.member
-    table_type = stacked_type(row_type, num_clients)
-    counts_type = tff.TensorType(np.int32, [num_clients])
-    accumulator_type = tff.types.StructWithPythonType([table_type, counts_type], tuple)
-
-    @tff.tensorflow.computation
-    def zeros():
-        return zeros_like_type(table_type), tf.zeros([num_clients], tf.int32)
-
-    @tff.tensorflow.computation(accumulator_type, (np.int32, row_type))
-    def accumulate(accumulator, client_value):
-        table, counts = accumulator
-        index, row = client_value
-        position = tf.reshape(index, [1, 1])
-        table = tf.nest.map_structure(
-            lambda t, r: tf.tensor_scatter_nd_add(t, position, r[tf.newaxis]), table, row
-        )
-        counts = tf.tensor_scatter_nd_add(counts, position, [1])
-        return table, counts
-
-    @tff.tensorflow.computation(accumulator_type, accumulator_type)
-    def merge(a, b):
-        return tf.nest.map_structure(tf.add, a, b)
-
-    @tff.tensorflow.computation(accumulator_type)
-    def report(accumulator):
-        return accumulator
-
-    return tff.federated_aggregate(
-        tff.federated_zip((indices, rows)), zeros(), accumulate, merge, report
-    )
-
-
-def replace_rows(table: Any, new_rows: Any, counts: tf.Tensor) -> Any:
-    """`table` with the rows where `counts > 0` taken from `new_rows` (TensorFlow)."""
-
-    def replace(old, new):
-        mask = tf.reshape(counts > 0, [-1] + [1] * (old.shape.rank - 1))
-        return tf.where(mask, new, old)
-
-    return tf.nest.map_structure(replace, table, new_rows)
-
-
-# ----------------------------------------------------------------------------- process wrapper
-
-
-def _as_index(value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError("client index must be an integer, got a bool")
-    return operator.index(value)
-
-
-def indexed_client_data(client_data: Any, num_clients: int) -> list[collections.OrderedDict]:
-    """Converts the accepted forms of client data to the indexed form.
-
-    Args:
-        client_data: One of: a sequence of exactly `num_clients` datasets
-            (client `i` trains on element `i`); a sequence of
-            `(client_index, dataset)` pairs; a mapping `client_index ->
-            dataset`; or the indexed form itself (passed through).
-        num_clients: The number of clients the process was built for.
-
-    Returns:
-        A list with, per participating client, `OrderedDict(client_index=
-        <dataset of one int32>, data=<dataset>)`.
-
-    Raises:
-        ValueError: For no clients, the wrong number of datasets, or indices
-            out of range or repeated.
-    """
-    if isinstance(client_data, Mapping):
-        items: list[Any] = list(client_data.items())
-    else:
-        items = list(client_data)
-    if not items:
-        raise ValueError("no client data: at least one client must take part in a round")
-    if all(isinstance(x, Mapping) and CLIENT_INDEX in x for x in items):
-        return [collections.OrderedDict(x) for x in items]
-    if all(_is_pair(x) for x in items):
-        pairs = [(_as_index(i), ds) for i, ds in items]
-    elif all(isinstance(x, tf.data.Dataset) for x in items):
-        if len(items) != num_clients:
-            raise ValueError(
-                f"got {len(items)} client datasets for a process built for {num_clients} "
-                "clients: pass all clients in index order, or (client_index, dataset) pairs "
-                "for partial participation"
-            )
-        pairs = list(enumerate(items))
-    else:
-        raise TypeError(
-            "client data must be a list of tf.data.Dataset (one per client, in index order) "
-            "or of (client_index, dataset) pairs"
-        )
-    indices = [i for i, _ in pairs]
-    if len(set(indices)) != len(indices):
-        raise ValueError(f"repeated client indices: {sorted(indices)}")
-    bad = [i for i in indices if not 0 <= i < num_clients]
-    if bad:
-        raise ValueError(f"client indices {bad} out of range [0, {num_clients})")
-    return [
-        collections.OrderedDict(
-            [(CLIENT_INDEX, tf.data.Dataset.from_tensors(np.int32(i))), (DATA, ds)]
-        )
-        for i, ds in pairs
-    ]
-
-
-def _is_pair(item: Any) -> bool:
-    return (
-        isinstance(item, (tuple, list))
-        and len(item) == 2
-        and isinstance(item[0], (int, np.integer))
-        and not isinstance(item[0], (bool, np.bool_))
-    )
-
-
-class _IndexedNext(tff.Computation):
-    """The `next` of a `ClientIndexedLearningProcess`: converts client data, then calls."""
-
-    def __init__(self, computation: tff.Computation, num_clients: int):
-        self._computation = computation
-        self._num_clients = num_clients
-
-    @property
-    def type_signature(self) -> tff.FunctionType:
-        return self._computation.type_signature
-
-    @property
-    def computation(self) -> tff.Computation:
-        """The wrapped computation, which takes the indexed client data."""
-        return self._computation
-
-    def __call__(self, state, client_data):
-        return self._computation(state, indexed_client_data(client_data, self._num_clients))
-
-    def __hash__(self) -> int:
-        return hash(self._computation)
-
-
-class ClientIndexedLearningProcess(tff.learning.templates.LearningProcess):
-    """A learning process whose clients are identified by an index in `[0, num_clients)`.
-
-    Wraps a composed `LearningProcess` whose client data is
-    `indexed_data_type(...)`. Its `next(state, client_data)` accepts:
-
-    * a list of exactly `num_clients` datasets: full participation, client
-      `i` is the `i`-th dataset;
-    * a list of `(client_index, dataset)` pairs (or a dict `index ->
-      dataset`): the listed clients take part, in any order;
-
-    and converts either to the indexed form before calling the TFF
-    computation (`next_computation`, which takes the indexed form only).
-    `initialize`, `get_model_weights`, `set_model_weights`, `get_hparams` and
-    `set_hparams` are the wrapped process's.
-    """
-
-    def __init__(self, process: tff.learning.templates.LearningProcess, num_clients: int):
-        super().__init__(
-            process.initialize,
-            process.next,
-            process.get_model_weights,
-            process.set_model_weights,
-            get_hparams_fn=process.get_hparams,
-            set_hparams_fn=process.set_hparams,
-        )
-        self._num_clients = num_clients
-        self._indexed_next = _IndexedNext(process.next, num_clients)
-
-    @property
-    def num_clients(self) -> int:
-        """The number of clients (rows of the per-client state tables)."""
-        return self._num_clients
-
-    @property
-    def next(self) -> tff.Computation:
-        """Runs one round; see the class docstring for the accepted client data."""
-        return self._indexed_next
-
-    @property
-    def next_computation(self) -> tff.Computation:
-        """The underlying TFF computation, taking `indexed_client_data(...)`."""
-        return super().next
+    process = tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+    keras_model.restore_eager_keras_classes()
+    return process
 
 
 def flatten_state(state: Any) -> list[np.ndarray]:
@@ -502,23 +231,15 @@ def flatten_state(state: Any) -> list[np.ndarray]:
 
 
 __all__: Sequence[str] = (
-    "CLIENT_INDEX",
-    "DATA",
-    "ClientIndexedLearningProcess",
     "TracedModel",
-    "client_indices",
-    "client_row",
     "client_weight",
-    "flat_row_type",
+    "client_work_process",
+    "finish_client",
     "flatten_state",
-    "indexed_client_data",
-    "indexed_data_type",
-    "replace_rows",
-    "scatter_client_rows",
-    "select_client_rows",
-    "stacked_type",
+    "reduce_batches",
+    "tensor_specs",
     "trace_model",
     "train_locally",
+    "train_measurements",
     "zero_if_non_finite",
-    "zeros_like_type",
 )

@@ -1,59 +1,23 @@
-"""FedBN (Li et al., 2021) as a composed TFF learning process.
-
-"FedBN: Federated Learning on Non-IID Features via Local Batch
-Normalization", Xiaoxiao Li, Meirui Jiang, Xiaofei Zhang, Michael Kamp and
-Qi Dou, ICLR 2021, https://arxiv.org/abs/2102.07623.
+"""FedBN (Li et al., 2021, https://arxiv.org/abs/2102.07623) as a TFF process.
 
 FedBN is FedAvg in which the normalization layers stay local: their
-parameters (BatchNorm scale `gamma` and offset `beta`) and statistics (moving
-mean and variance) are never averaged; each client keeps its own. With the
-shared (all other trainable) weights `w`, client `i`'s local normalization
-parameters and statistics `b_i`, and `n_i` the examples client `i` trained on:
+parameters (`gamma`, `beta`) and statistics (moving mean and variance) are
+never averaged, since on non-IID features each client's own normalization
+fits it best. With shared weights `w`, client `i`'s normalization variables
+`b_i` and `n_i` its examples trained on:
 
-    every client i in S starts from (w, b_i) and trains locally (the client
-    optimizer, BatchNorm in training mode), ending at (w_i, b_i+); b_i <- b_i+
+    every client i in S trains from (w, b_i) to (w_i, b_i+); b_i <- b_i+
     server:  w <- w - server_optimizer_step(sum_i n_i (w - w_i) / sum_i n_i)
 
-(with the default server SGD at learning rate 1.0: `w <- sum_i n_i w_i /
-sum_i n_i`, FedAvg's rule on the shared weights).
-
-The process is composed from TFF's templates
-(`tff.learning.templates.compose_learning_process`):
-
-* distributor: `tff.learning.templates.build_broadcast_process` of the global
-  model;
-* client work: `build_fedbn_client_work`, whose state holds every client's
-  normalization variables; each participating client replaces the broadcast
-  normalization variables by its own, trains, and sends the shared-weight
-  update `w - w_i` and its final normalization variables `b_i+`, which the
-  client work stores back in its state;
-* aggregator: a weighted `tff.aggregators` factory (default
-  `tff.aggregators.MeanFactory`) with weights `n_i`;
-* finalizer: `tff.learning.templates.build_apply_optimizer_finalizer`, applied
-  to the shared weights only, then the normalization variables of the global
-  model are set as described next.
-
-The global model. `get_model_weights(state)` holds the shared weights `w` and,
-in the normalization variables, the example-weighted average over the round's
-participating clients of their `b_i+` (parameters and statistics). That
-average is computed for reporting only ("global model" metrics): no client
-trains from it, except that a client taking part for the first time starts
-from the global model's normalization variables (in round 1, those of the
-initial model). To evaluate client `i` with its own normalization, use
-`client_model_weights(process, state, i)`.
-
-Client state and participation: as SCAFFOLD's control variates, each client's
-`b_i` is kept in the server state (`state.client_work["local_weights"]`, every
-local variable stacked to `[num_clients, ...]`, with
-`state.client_work["participations"]` counting each client's rounds), so that
-saving and loading the whole state resumes exactly. `next(state,
-client_data)` takes all `num_clients` datasets in index order, or
-`(client_index, dataset)` pairs for a subset of clients.
-
-Which variables are local: the variables of the layers named in
-`local_layer_names` (e.g. `tff_vision.models.normalization_layer_names(model)`),
-or by default every variable called `gamma`, `beta`, `moving_mean` or
-`moving_variance` (the variables of Keras' normalization layers).
+The process is `_compose.compose_process` with `build_fedbn_client_work` and
+`build_fedbn_finalizer` (the server optimizer on the shared weights only).
+The `b_i` are a table in the server state (`_client_state`, with a count of
+each client's rounds), so saving the state resumes exactly. The global
+model's normalization variables are the example-weighted mean of the round's
+`b_i+`, for reporting and as the start of a client's first round; evaluate
+client `i` with its own through `client_model_weights`. Local variables: those
+of `local_layer_names`, by default every `gamma`, `beta`, `moving_mean` and
+`moving_variance` (Keras' normalization layers).
 """
 
 from __future__ import annotations
@@ -66,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision.algorithms import _client_loops, keras_model
+from tff_vision.algorithms import _client_loops, _client_state, _compose, keras_model
 
 LOCAL_WEIGHTS = "local_weights"
 PARTICIPATIONS = "participations"
@@ -181,37 +145,49 @@ def _build_client_update(
         # A client whose training diverged keeps the normalization it started from.
         _, start_local_trainable = _split(start_trainable, local_trainable)
         _, start_local_non_trainable = _split(start_non_trainable, local_non_trainable)
+        start_local = {TRAINABLE: start_local_trainable, NON_TRAINABLE: start_local_non_trainable}
         new_row = collections.OrderedDict(
-            [
-                (
-                    TRAINABLE,
-                    [
-                        tf.where(is_finite, v, s)
-                        for v, s in zip(local_values[TRAINABLE], start_local_trainable)
-                    ],
-                ),
-                (
-                    NON_TRAINABLE,
-                    [
-                        tf.where(is_finite, v, s)
-                        for v, s in zip(local_values[NON_TRAINABLE], start_local_non_trainable)
-                    ],
-                ),
-            ]
+            (key, [tf.where(is_finite, v, s) for v, s in zip(local_values[key], start_local[key])])
+            for key in (TRAINABLE, NON_TRAINABLE)
         )
-        if not is_finite:
-            model.reset_metrics()
-        result = tff.learning.templates.ClientResult(
-            update=collections.OrderedDict(
-                [(SHARED_UPDATE, shared_update), (LOCAL_MEAN, local_values)]
-            ),
-            update_weight=_client_loops.client_weight(
-                tff.learning.ClientWeighting.NUM_EXAMPLES, num_examples, is_finite
-            ),
+        update = collections.OrderedDict(
+            [(SHARED_UPDATE, shared_update), (LOCAL_MEAN, local_values)]
         )
-        return result, model.report_local_unfinalized_metrics(), new_row
+        result, metrics = _client_loops.finish_client(model, update, num_examples, is_finite)
+        return result, metrics, new_row
 
     return client_update
+
+
+def _checked_local_slots(
+    traced: _client_loops.TracedModel, local_layer_names: Sequence[str] | None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """`_local_slots` of a traced model; raises ValueError when there are none."""
+    local_trainable = local_variable_slots(traced.trainable_names, local_layer_names)
+    local_non_trainable = local_variable_slots(traced.non_trainable_names, local_layer_names)
+    if not local_trainable and not local_non_trainable:
+        raise ValueError(
+            "FedBN found no normalization variables to keep local (model variables: "
+            f"{traced.trainable_names + traced.non_trainable_names}); build the model with "
+            "normalization layers (e.g. norm='batch') or pass local_layer_names"
+        )
+    return local_trainable, local_non_trainable
+
+
+def _local_type(
+    weights_type: tff.Type, local_trainable: Sequence[int], local_non_trainable: Sequence[int]
+) -> tff.Type:
+    """The type of one client's local variables: `OrderedDict(trainable=, non_trainable=)`."""
+    trainable_specs = _client_loops.tensor_specs(weights_type.trainable)
+    non_trainable_specs = _client_loops.tensor_specs(weights_type.non_trainable)
+    return tff.types.tensorflow_to_type(
+        collections.OrderedDict(
+            [
+                (TRAINABLE, [trainable_specs[i] for i in local_trainable]),
+                (NON_TRAINABLE, [non_trainable_specs[i] for i in local_non_trainable]),
+            ]
+        )
+    )
 
 
 def build_fedbn_client_work(
@@ -228,7 +204,7 @@ def build_fedbn_client_work(
     variables (in model order) stacked to `[num_clients, ...]` and how many
     rounds each client took part in (a client with 0 starts from the
     broadcast normalization variables). Its client data is
-    `_client_loops.indexed_data_type(...)`; its client update is
+    `_client_state.indexed_data_type(...)`; its client update is
     `OrderedDict(shared_update=w - w_i (non-local trainable weights, model
     order), local_mean=b_i+)` weighted by examples.
 
@@ -240,40 +216,21 @@ def build_fedbn_client_work(
         local_layer_names: Layers kept local (see `local_variable_slots`).
         metrics_aggregator: Builds the training-metrics aggregation; defaults
             to `tff.learning.metrics.sum_then_finalize`.
-
-    Returns:
-        A `tff.learning.templates.ClientWorkProcess`.
     """
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     traced = _client_loops.trace_model(model_fn, metrics_aggregator)
-    local_trainable = local_variable_slots(traced.trainable_names, local_layer_names)
-    local_non_trainable = local_variable_slots(traced.non_trainable_names, local_layer_names)
-    if not local_trainable and not local_non_trainable:
-        raise ValueError(
-            "FedBN found no normalization variables to keep local (model variables: "
-            f"{traced.trainable_names + traced.non_trainable_names}); build the model with "
-            "normalization layers (e.g. norm='batch') or pass local_layer_names"
-        )
+    local_trainable, local_non_trainable = _checked_local_slots(traced, local_layer_names)
     weights_type = traced.weights_type
-    trainable_specs = _client_loops.tensor_specs(weights_type.trainable)
-    non_trainable_specs = _client_loops.tensor_specs(weights_type.non_trainable)
-    local_specs = collections.OrderedDict(
-        [
-            (TRAINABLE, [trainable_specs[i] for i in local_trainable]),
-            (NON_TRAINABLE, [non_trainable_specs[i] for i in local_non_trainable]),
-        ]
-    )
-    local_type = tff.types.tensorflow_to_type(local_specs)
-    table_type = _client_loops.stacked_type(local_type, num_clients)
+    local_type = _local_type(weights_type, local_trainable, local_non_trainable)
+    table_type = _client_state.stacked_type(local_type, num_clients)
     counts_type = tff.TensorType(np.int32, [num_clients])
-    data_type = _client_loops.indexed_data_type(traced.element_type)
 
     @tff.tensorflow.computation
     def initial_state():
         return collections.OrderedDict(
             [
-                (LOCAL_WEIGHTS, _client_loops.zeros_like_type(table_type)),
+                (LOCAL_WEIGHTS, _client_state.zeros_like_type(table_type)),
                 (PARTICIPATIONS, tf.zeros([num_clients], tf.int32)),
             ]
         )
@@ -291,45 +248,27 @@ def build_fedbn_client_work(
     @tff.tensorflow.computation(
         weights_type,
         tff.SequenceType(traced.element_type),
-        tff.SequenceType(_client_loops.flat_row_type(row_type)),
+        tff.SequenceType(_client_state.flat_row_type(row_type)),
     )
     def client_update(initial_weights, dataset, client_row):
         update_fn = _build_client_update(
             model_fn, client_optimizer, local_trainable, local_non_trainable
         )
-        return update_fn(initial_weights, dataset, _client_loops.client_row(client_row, row_type))
+        return update_fn(initial_weights, dataset, _client_state.client_row(client_row, row_type))
 
     @tff.tensorflow.computation(state_type, (table_type, counts_type))
     def update_state(state, scattered):
         new_rows, counts = scattered
         return collections.OrderedDict(
             [
-                (LOCAL_WEIGHTS, _client_loops.replace_rows(state[LOCAL_WEIGHTS], new_rows, counts)),
+                (LOCAL_WEIGHTS, _client_state.replace_rows(state[LOCAL_WEIGHTS], new_rows, counts)),
                 (PARTICIPATIONS, state[PARTICIPATIONS] + counts),
             ]
         )
 
-    @tff.federated_computation(
-        init_fn.type_signature.result,
-        tff.FederatedType(weights_type, tff.CLIENTS),
-        tff.FederatedType(data_type, tff.CLIENTS),
+    return _client_state.build_stateful_client_work(
+        init_fn, traced, num_clients, client_update, update_state
     )
-    def next_fn(state, weights, client_data):
-        indices = _client_loops.client_indices(client_data)
-        client_rows = _client_loops.select_client_rows(indices, state, num_clients)
-        client_result, model_outputs, new_rows = tff.federated_map(
-            client_update, (weights, client_data[_client_loops.DATA], client_rows)
-        )
-        scattered = _client_loops.scatter_client_rows(indices, new_rows, num_clients)
-        new_state = tff.federated_map(update_state, (state, scattered))
-        measurements = tff.federated_zip(
-            collections.OrderedDict(train=traced.metrics_aggregation_fn(model_outputs))
-        )
-        return tff.templates.MeasuredProcessOutput(new_state, client_result, measurements)
-
-    process = tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
-    keras_model.restore_eager_keras_classes()
-    return process
 
 
 def build_fedbn_finalizer(
@@ -408,7 +347,7 @@ def build_fedbn_finalizer(
     )
 
 
-class FedBNLearningProcess(_client_loops.ClientIndexedLearningProcess):
+class FedBNLearningProcess(_client_state.ClientIndexedLearningProcess):
     """The FedBN process, knowing which model variables are local.
 
     Attributes:
@@ -497,34 +436,20 @@ def build_fedbn(
     """
     if not isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
         client_optimizer = tff.learning.optimizers.build_sgdm(float(client_optimizer))
-    if server_optimizer is None:
-        server_optimizer = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
-    if model_aggregator is None:
-        model_aggregator = tff.aggregators.MeanFactory()
-
-    @tff.tensorflow.computation
-    def initial_model_weights_fn():
-        return tff.learning.models.ModelWeights.from_model(model_fn())
-
-    weights_type = initial_model_weights_fn.type_signature.result
-    distributor = tff.learning.templates.build_broadcast_process(weights_type)
-    client_work = build_fedbn_client_work(
-        model_fn,
-        client_optimizer,
-        num_clients,
-        local_layer_names=local_layer_names,
-        metrics_aggregator=metrics_aggregator,
-    )
     local_trainable, local_non_trainable = _local_slots(model_fn, local_layer_names)
-    client_result_type = client_work.next.type_signature.result.result.member
-    aggregator = model_aggregator.create(
-        client_result_type.update, client_result_type.update_weight
+    process = _compose.compose_process(
+        model_fn,
+        lambda: build_fedbn_client_work(
+            model_fn,
+            client_optimizer,
+            num_clients,
+            local_layer_names=local_layer_names,
+            metrics_aggregator=metrics_aggregator,
+        ),
+        model_aggregator,
+        server_optimizer,
+        lambda optimizer, weights_type: build_fedbn_finalizer(
+            optimizer, weights_type, local_trainable, local_non_trainable
+        ),
     )
-    finalizer = build_fedbn_finalizer(
-        server_optimizer, weights_type, local_trainable, local_non_trainable
-    )
-    process = tff.learning.templates.compose_learning_process(
-        initial_model_weights_fn, distributor, client_work, aggregator, finalizer
-    )
-    keras_model.restore_eager_keras_classes()
     return FedBNLearningProcess(process, num_clients, local_trainable, local_non_trainable)

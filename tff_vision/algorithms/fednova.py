@@ -1,49 +1,22 @@
-"""FedNova (Wang et al., 2020) as a composed TFF learning process.
+"""FedNova (Wang et al., 2020, https://arxiv.org/abs/2007.07481) as a TFF process.
 
-"Tackling the Objective Inconsistency Problem in Heterogeneous Federated
-Optimization", Jianyu Wang, Qinghua Liu, Hao Liang, Gauri Joshi and H. Vincent
-Poor, NeurIPS 2020, https://arxiv.org/abs/2007.07481.
+Clients taking different numbers of local steps `tau_i` make FedAvg drift
+towards the objective of those that step most; FedNova averages updates
+normalized by the steps instead. With global weights `x`, client `i` training
+from `x` to `y_i` by local SGD (step `eta`, optional momentum `rho`:
+`v <- rho v + g`, `y <- y - eta v`) on `n_i` examples:
 
-Clients may take different numbers of local steps `tau_i` in a round (more
-data, more local epochs); plain FedAvg then drifts towards the objective of the
-clients that step most. FedNova averages *normalized* updates instead. With
-global weights `x`, client `i` training from `x` to `y_i` with local SGD (step
-size `eta`, optional momentum `rho`: `v <- rho v + g`, `y <- y - eta v`):
+    a_i = tau_i  (plain SGD),  [tau_i - rho (1 - rho^tau_i) / (1 - rho)] / (1 - rho)  (momentum)
+    d_i = (x - y_i) / a_i,   p_i = n_i / sum_j n_j,   tau_eff = sum_i p_i a_i
+    x  <- x - eta_g * tau_eff * sum_i p_i d_i
 
-    a_i   = tau_i                                            (plain SGD)
-    a_i   = [tau_i - rho (1 - rho^tau_i) / (1 - rho)] / (1 - rho)   (momentum)
-            (= ||a_i||_1, the sum of the weights the gradients get in x - y_i)
-    d_i   = (x - y_i) / a_i                   normalized update
-    p_i   = n_i / sum_j n_j                   n_i = client i's number of examples
-    tau_eff = sum_i p_i a_i
-    x    <- x - eta_g * tau_eff * sum_i p_i d_i
-
-With equal `a_i` this is exactly FedAvg's example-weighted average.
-
-The clients report `n_i` as the number of examples they trained on in the
-round. With the same number of local epochs on every client (as this
-package's round datasets have) that is proportional to the data size, so the
-`p_i` are the paper's; clients running different numbers of epochs would be
-weighted by examples processed instead. Differing `tau_i` come from differing
-data sizes (or batch sizes) and are normalized away as in the paper.
-
-The process is composed from TFF's templates
-(`tff.learning.templates.compose_learning_process`):
-
-* distributor: `tff.learning.templates.build_broadcast_process` of `x`;
-* client work: `build_fednova_client_work`: local SGD(M), sending
-  `OrderedDict(normalized_update=d_i, local_steps=a_i)` with weight `n_i`;
-* aggregator: `NormalizedAveragingFactory`, a `tff.aggregators` factory that
-  averages both fields with an inner weighted factory (default
-  `tff.aggregators.MeanFactory`, giving `sum_i p_i d_i` and `tau_eff`) and
-  returns `tau_eff * sum_i p_i d_i`;
-* finalizer: `tff.learning.templates.build_apply_optimizer_finalizer`, which
-  applies that as a pseudo-gradient with the server optimizer (default SGD
-  with learning rate `eta_g = 1.0`; server momentum etc. compose as usual).
-
-FedNova needs no per-client state, so the process is a plain
-`LearningProcess` and `next(state, client_datasets)` takes any list of
-participating clients' datasets.
+With equal `a_i` this is FedAvg's example-weighted mean. `n_i` counts the
+examples trained on in the round, proportional to the data size when every
+client runs the same number of epochs (as this package's round datasets do).
+The process is `_compose.compose_process` with `build_fednova_client_work` and
+`NormalizedAveragingFactory`; the server optimizer (default SGD at `eta_g =
+1.0`) applies `tau_eff * sum_i p_i d_i` as a pseudo-gradient. There is no
+per-client state: `next` takes any list of participating clients' datasets.
 """
 
 from __future__ import annotations
@@ -54,7 +27,7 @@ from collections.abc import Callable
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision.algorithms import _client_loops, keras_model
+from tff_vision.algorithms import _client_loops, _compose
 
 NORMALIZED_UPDATE = "normalized_update"
 LOCAL_STEPS = "local_steps"
@@ -93,17 +66,10 @@ def _build_client_update(
         model_update, is_finite = _client_loops.zero_if_non_finite(model_update)
         local_steps = normalizer(num_steps, momentum)
         normalized = [tf.math.divide_no_nan(u, local_steps) for u in model_update]
-        if not is_finite:
-            model.reset_metrics()
-        result = tff.learning.templates.ClientResult(
-            update=collections.OrderedDict(
-                [(NORMALIZED_UPDATE, normalized), (LOCAL_STEPS, local_steps)]
-            ),
-            update_weight=_client_loops.client_weight(
-                tff.learning.ClientWeighting.NUM_EXAMPLES, num_examples, is_finite
-            ),
+        update = collections.OrderedDict(
+            [(NORMALIZED_UPDATE, normalized), (LOCAL_STEPS, local_steps)]
         )
-        return result, model.report_local_unfinalized_metrics()
+        return _client_loops.finish_client(model, update, num_examples, is_finite)
 
     return client_update
 
@@ -153,14 +119,13 @@ def build_fednova_client_work(
     )
     def next_fn(state, weights, client_data):
         client_result, model_outputs = tff.federated_map(client_update, (weights, client_data))
-        measurements = tff.federated_zip(
-            collections.OrderedDict(train=traced.metrics_aggregation_fn(model_outputs))
+        return tff.templates.MeasuredProcessOutput(
+            state,
+            client_result,
+            _client_loops.train_measurements(traced.metrics_aggregation_fn, model_outputs),
         )
-        return tff.templates.MeasuredProcessOutput(state, client_result, measurements)
 
-    process = tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
-    keras_model.restore_eager_keras_classes()
-    return process
+    return _client_loops.client_work_process(init_fn, next_fn)
 
 
 class NormalizedAveragingFactory(tff.aggregators.WeightedAggregationFactory):
@@ -259,30 +224,14 @@ def build_fednova(
         A `tff.learning.templates.LearningProcess`; `next(state, datasets)`
         takes the participating clients' datasets.
     """
-    if server_optimizer is None:
-        server_optimizer = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
-
-    @tff.tensorflow.computation
-    def initial_model_weights_fn():
-        return tff.learning.models.ModelWeights.from_model(model_fn())
-
-    weights_type = initial_model_weights_fn.type_signature.result
-    distributor = tff.learning.templates.build_broadcast_process(weights_type)
-    client_work = build_fednova_client_work(
+    return _compose.compose_process(
         model_fn,
-        client_learning_rate,
-        momentum=client_momentum,
-        metrics_aggregator=metrics_aggregator,
+        lambda: build_fednova_client_work(
+            model_fn,
+            client_learning_rate,
+            momentum=client_momentum,
+            metrics_aggregator=metrics_aggregator,
+        ),
+        NormalizedAveragingFactory(model_aggregator),
+        server_optimizer,
     )
-    client_result_type = client_work.next.type_signature.result.result.member
-    aggregator = NormalizedAveragingFactory(model_aggregator).create(
-        client_result_type.update, client_result_type.update_weight
-    )
-    finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
-        server_optimizer, weights_type
-    )
-    process = tff.learning.templates.compose_learning_process(
-        initial_model_weights_fn, distributor, client_work, aggregator, finalizer
-    )
-    keras_model.restore_eager_keras_classes()
-    return process

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision.algorithms import _client_loops, keras_model, optimizers
+from tff_vision.algorithms import _client_loops, _compose
 
 OptimizerArg = (
     tff.learning.optimizers.Optimizer | Callable[[Any], tff.learning.optimizers.Optimizer]
@@ -69,33 +69,18 @@ def build_fedprox(
     """
     if not proximal_strength >= 0:
         raise ValueError(f"proximal_strength must be >= 0, got {proximal_strength}")
-    if server_optimizer is None:
-        server_optimizer = optimizers.build_optimizer("sgd", 1.0)
-    if model_aggregator is None:
-        model_aggregator = tff.aggregators.MeanFactory()
-
-    @tff.tensorflow.computation
-    def initial_model_weights_fn():
-        return tff.learning.models.ModelWeights.from_model(model_fn())
-
-    weights_type = initial_model_weights_fn.type_signature.result
-    client_work = build_proximal_client_work(
+    return _compose.compose_process(
         model_fn,
-        client_optimizer,
-        float(proximal_strength),
-        client_learning_rate_fn=client_learning_rate_fn,
-        client_weighting=client_weighting,
+        lambda: build_proximal_client_work(
+            model_fn,
+            client_optimizer,
+            float(proximal_strength),
+            client_learning_rate_fn=client_learning_rate_fn,
+            client_weighting=client_weighting,
+        ),
+        model_aggregator,
+        server_optimizer,
     )
-    aggregator = model_aggregator.create(weights_type.trainable, tff.TensorType(np.float32))
-    process = tff.learning.templates.compose_learning_process(
-        initial_model_weights_fn,
-        tff.learning.templates.build_broadcast_process(weights_type),
-        client_work,
-        aggregator,
-        tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
-    )
-    keras_model.restore_eager_keras_classes()
-    return process
 
 
 def build_proximal_client_work(
@@ -125,11 +110,9 @@ def build_proximal_client_work(
         raise TypeError("with client_learning_rate_fn, pass client_optimizer as lr -> Optimizer")
     mu = float(proximal_strength)
 
-    with tf.Graph().as_default():  # Keeps the probe model's variables out of the eager context.
-        probe = model_fn()
-        metrics_aggregation_fn = tff.learning.metrics.sum_then_finalize(probe.metric_finalizers())
-        weights_type = tff.learning.models.weights_type_from_model(probe)
-        data_type = tff.SequenceType(tff.types.tensorflow_to_type(probe.input_spec))
+    traced = _client_loops.trace_model(model_fn)
+    weights_type = traced.weights_type
+    data_type = tff.SequenceType(traced.element_type)
 
     @tff.tensorflow.computation(weights_type, data_type, np.int32)
     def client_update(initial_weights, dataset, round_index):
@@ -164,7 +147,7 @@ def build_proximal_client_work(
         client_result, model_outputs = tff.federated_map(
             client_update, (weights, client_data, round_at_clients)
         )
-        measurements = collections.OrderedDict(train=metrics_aggregation_fn(model_outputs))
+        measurements = collections.OrderedDict(train=traced.metrics_aggregation_fn(model_outputs))
         if client_learning_rate_fn is not None:
             measurements["client_learning_rate"] = tff.federated_map(server_learning_rate, state)
         measurements = tff.federated_zip(measurements)
@@ -172,7 +155,7 @@ def build_proximal_client_work(
             tff.federated_map(add_one, state), client_result, measurements
         )
 
-    return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+    return _client_loops.client_work_process(init_fn, next_fn)
 
 
 def _train(model, optimizer, mu, client_weighting, initial_weights, dataset):
@@ -184,41 +167,24 @@ def _train(model, optimizer, mu, client_weighting, initial_weights, dataset):
         tf.nest.map_structure(lambda v, t: v.assign(t), weights, initial_weights)
         trainable = tuple(weights.trainable)
         anchor = tuple(initial_weights.trainable)
-        specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
 
-        def step(state, batch):
-            num_examples, optimizer_state = state
-            with tf.GradientTape() as tape:
-                output = model.forward_pass(batch, training=True)
-            gradients = tape.gradient(output.loss, trainable)
-            if mu > 0:
-                # Gradient of mu/2 * ||w - w_g||^2 (Li et al., 2020, Algorithm 2).
-                gradients = tuple(g + mu * (w - a) for g, w, a in zip(gradients, trainable, anchor))
-            optimizer_state, updated = optimizer.next(optimizer_state, trainable, gradients)
-            for variable, value in zip(trainable, updated):
-                variable.assign(value)
-            if output.num_examples is None:
-                batch_size = tf.shape(output.predictions, out_type=tf.int64)[0]
-            else:
-                batch_size = tf.cast(output.num_examples, tf.int64)
-            return num_examples + batch_size, optimizer_state
+        def proximal(gradients):
+            # Gradient of mu/2 * ||w - w_g||^2 (Li et al., 2020, Algorithm 2).
+            return [g + mu * (w - a) for g, w, a in zip(gradients, trainable, anchor)]
 
-        num_examples, _ = _client_loops.reduce_batches(
-            dataset, (tf.constant(0, tf.int64), optimizer.initialize(specs)), step
+        num_examples, _ = _client_loops.train_locally(
+            model, optimizer, dataset, gradient_correction=proximal if mu > 0 else None
         )
-        delta = tuple(tf.subtract(a, w) for a, w in zip(anchor, trainable))
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(d)) for d in delta])
-        delta = tuple(tf.where(finite, d, tf.zeros_like(d)) for d in delta)
-        if client_weighting == tff.learning.ClientWeighting.NUM_EXAMPLES:
-            weight = tf.cast(num_examples, tf.float32)
-        elif client_weighting == tff.learning.ClientWeighting.UNIFORM:
-            weight = tf.constant(1.0, tf.float32)
-        else:
-            raise ValueError(f"unsupported client weighting {client_weighting}")
-        weight = tf.where(finite, weight, 0.0)
-        update = tf.nest.pack_sequence_as(initial_weights.trainable, list(delta))
+        delta = [tf.subtract(a, w) for a, w in zip(anchor, trainable)]
+        delta, is_finite = _client_loops.zero_if_non_finite(delta)
+        update = tf.nest.pack_sequence_as(initial_weights.trainable, delta)
         return (
-            tff.learning.templates.ClientResult(update=update, update_weight=weight),
+            tff.learning.templates.ClientResult(
+                update=update,
+                update_weight=_client_loops.client_weight(
+                    client_weighting, num_examples, is_finite
+                ),
+            ),
             model.report_local_unfinalized_metrics(),
         )
 

@@ -33,12 +33,11 @@ def model_fn(
             would fill (kernels) as zeros; constant ones (norm scales and
             offsets, biases, statistics) keep their values. TFF builds the model
             anew inside every client's work of every round and then overwrites
-            its weights with the broadcast ones, so the random draws are wasted:
-            for ResNet-18, 11M normal samples per client and round, ~12% of the
-            worker's time (perf profile). Only for processes whose state gets
-            its weights from `set_model_weights` before the first round, as in
-            `training.FederatedTrainer` and the benchmark: `initialize()` alone
-            then holds zero kernels.
+            its weights with the broadcast ones, so the random draws (for
+            ResNet-18, 11M per client and round) are wasted. Only for processes
+            whose state gets its weights from `set_model_weights` before the
+            first round, as in `training.FederatedTrainer` and the benchmark:
+            `initialize()` alone then holds zero kernels.
     """
 
     def _model_fn() -> tff.learning.models.VariableModel:

@@ -1,56 +1,23 @@
-"""SCAFFOLD (Karimireddy et al., 2020) as a composed TFF learning process.
+"""SCAFFOLD (Karimireddy et al., 2020, https://arxiv.org/abs/1910.06378) as a TFF process.
 
-"SCAFFOLD: Stochastic Controlled Averaging for Federated Learning",
-Sai Praneeth Karimireddy, Satyen Kale, Mehryar Mohri, Sashank J. Reddi,
-Sebastian U. Stich and Ananda Theertha Suresh, ICML 2020,
-https://arxiv.org/abs/1910.06378 (Algorithm 1, control variate option II).
-
-Update rule, with global weights `x`, server control variate `c`, control
-variate `c_i` of client `i`, `N` clients of which the set `S` takes part in the
-round, client learning rate `eta_l` and server learning rate `eta_g`:
+Algorithm 1 with control variate option II. With global weights `x`, server
+control variate `c`, client `i`'s control variate `c_i`, `N` clients of which
+the set `S` takes part, client learning rate `eta_l`, server learning rate `eta_g`:
 
     every client i in S, from y = x, for each of its K_i batches (plain SGD):
         y <- y - eta_l * (g_i(y) - c_i + c)
-    then
-        c_i+ = c_i - c + (x - y) / (K_i * eta_l)
-        dy_i = y - x,   dc_i = c_i+ - c_i,   c_i <- c_i+
-    server:
-        x <- x + eta_g * mean_{i in S} dy_i
-        c <- c + (|S| / N) * mean_{i in S} dc_i  ( = c + sum_{i in S} dc_i / N )
+    then  c_i+ = c_i - c + (x - y) / (K_i * eta_l),  dy_i = y - x,  c_i <- c_i+
+    server:  x <- x + eta_g * mean_{i in S} dy_i
+             c <- c + sum_{i in S} (c_i+ - c_i) / N
 
-Initially `c = c_i = 0`, so the first round of a client is plain local SGD.
-
-The process is composed from TFF's templates
-(`tff.learning.templates.compose_learning_process`):
-
-* distributor: `tff.learning.templates.build_broadcast_process` of `x`;
-* client work: `build_scaffold_client_work`, whose state holds `c` and the
-  table of every client's `c_i` (see below); it broadcasts `c`, sends each
-  client its own `c_i`, runs the corrected local SGD and stores the clients'
-  `c_i+` and the new `c` in its state;
-* aggregator: a weighted `tff.aggregators` factory (default
-  `tff.aggregators.MeanFactory`) over the client updates `x - y`, each with
-  weight 1 (the paper's plain mean; `client_weighting=NUM_EXAMPLES` weights
-  them by examples instead);
-* finalizer: `tff.learning.templates.build_apply_optimizer_finalizer` with the
-  server optimizer applied to the mean of `x - y` as a pseudo-gradient; the
-  default SGD with learning rate `eta_g = 1.0` gives `x <- x + mean dy_i`.
-
-Client state. TFF simulations have no persistent per-client state, so the
-`c_i` live in the server state (`state.client_work["client_control_variates"]`,
-every variable stacked to `[num_clients, ...]`, `num_clients` fixed when the
-process is built); each round `tff.federated_select` sends a participating
-client its row and `tff.federated_aggregate` puts the clients' new rows back.
-Everything is in the process state, so saving and loading the whole state
-with `tff.program.FileProgramStateManager` resumes exactly. The state (and
-every checkpoint) thus holds `num_clients + 1` copies of the trainable weights
-besides the model itself.
-
-Participation. The returned process's `next(state, client_data)` takes either
-a list of exactly `num_clients` datasets (full participation; list position is
-the client index) or a list of `(client_index, dataset)` pairs for a subset of
-distinct clients (partial participation, any order). Clients not taking part
-keep their `c_i`; `c` moves by `sum_{i in S} dc_i / N` as in the paper.
+`c = c_i = 0` initially, so a client's first round is plain local SGD. The
+process is `_compose.compose_process` with `build_scaffold_client_work`; the
+server optimizer applies `mean (x - y)` as a pseudo-gradient (default SGD at
+`eta_g = 1.0`). TFF has no per-client state, so the `c_i` are a table in the
+server state (`_client_state`): saving the state resumes exactly, at the
+price of `num_clients + 1` copies of the trainable weights. `next` takes all
+clients' datasets in index order, or `(client_index, dataset)` pairs; absent
+clients keep their `c_i`.
 """
 
 from __future__ import annotations
@@ -62,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision.algorithms import _client_loops, keras_model
+from tff_vision.algorithms import _client_loops, _client_state, _compose
 
 CONTROL_VARIATE = "control_variate"
 CLIENT_CONTROL_VARIATES = "client_control_variates"
@@ -99,13 +66,10 @@ def _build_client_update(
             tf.where(trained, c_i - c + tf.math.divide_no_nan(u, steps_times_lr), c_i)
             for c_i, c, u in zip(client_control_variate, control_variate, model_update)
         ]
-        if not is_finite:
-            model.reset_metrics()
-        result = tff.learning.templates.ClientResult(
-            update=model_update,
-            update_weight=_client_loops.client_weight(client_weighting, num_examples, is_finite),
+        result, metrics = _client_loops.finish_client(
+            model, model_update, num_examples, is_finite, client_weighting
         )
-        return result, model.report_local_unfinalized_metrics(), new_client_control_variate
+        return result, metrics, new_client_control_variate
 
     return client_update
 
@@ -122,7 +86,7 @@ def build_scaffold_client_work(
     Its state is `OrderedDict(control_variate=c, client_control_variates=table)`
     with `c` shaped like the trainable weights and `table` the same weights
     stacked to `[num_clients, ...]` (row `i` is `c_i`); both start at zero.
-    Its client data is `_client_loops.indexed_data_type(...)`.
+    Its client data is `_client_state.indexed_data_type(...)`.
 
     Args:
         model_fn: No-argument callable returning a fresh `VariableModel`.
@@ -131,26 +95,22 @@ def build_scaffold_client_work(
         client_weighting: Weight of each client's update in the aggregation.
         metrics_aggregator: Builds the training-metrics aggregation; defaults
             to `tff.learning.metrics.sum_then_finalize`.
-
-    Returns:
-        A `tff.learning.templates.ClientWorkProcess`.
     """
-    if num_clients < 1:
-        raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     traced = _client_loops.trace_model(model_fn, metrics_aggregator)
     weights_type = traced.weights_type
     trainable_type = weights_type.trainable
-    table_type = _client_loops.stacked_type(trainable_type, num_clients)
-    data_type = _client_loops.indexed_data_type(traced.element_type)
+    table_type = _client_state.stacked_type(trainable_type, num_clients)
 
     @tff.tensorflow.computation
     def initial_state():
         return collections.OrderedDict(
             [
-                (CONTROL_VARIATE, _client_loops.zeros_like_type(trainable_type)),
-                (CLIENT_CONTROL_VARIATES, _client_loops.zeros_like_type(table_type)),
+                (CONTROL_VARIATE, _client_state.zeros_like_type(trainable_type)),
+                (CLIENT_CONTROL_VARIATES, _client_state.zeros_like_type(table_type)),
             ]
         )
 
@@ -164,7 +124,7 @@ def build_scaffold_client_work(
         weights_type,
         tff.SequenceType(traced.element_type),
         trainable_type,
-        tff.SequenceType(_client_loops.flat_row_type(trainable_type)),
+        tff.SequenceType(_client_state.flat_row_type(trainable_type)),
     )
     def client_update(initial_weights, dataset, control_variate, client_row):
         update_fn = _build_client_update(model_fn, learning_rate, client_weighting)
@@ -172,14 +132,14 @@ def build_scaffold_client_work(
             initial_weights,
             dataset,
             control_variate,
-            _client_loops.client_row(client_row, trainable_type),
+            _client_state.client_row(client_row, trainable_type),
         )
 
     @tff.tensorflow.computation(state_type, (table_type, tff.TensorType(np.int32, [num_clients])))
     def update_state(state, scattered):
         new_rows, counts = scattered
         old_table = state[CLIENT_CONTROL_VARIATES]
-        table = _client_loops.replace_rows(old_table, new_rows, counts)
+        table = _client_state.replace_rows(old_table, new_rows, counts)
         # c <- c + sum_{i in S} (c_i+ - c_i) / N; rows of absent clients differ by 0.
         control_variate = [
             c + tf.reduce_sum(new - old, axis=0) / num_clients
@@ -189,31 +149,15 @@ def build_scaffold_client_work(
             [(CONTROL_VARIATE, control_variate), (CLIENT_CONTROL_VARIATES, table)]
         )
 
-    @tff.federated_computation(
-        init_fn.type_signature.result,
-        tff.FederatedType(weights_type, tff.CLIENTS),
-        tff.FederatedType(data_type, tff.CLIENTS),
+    return _client_state.build_stateful_client_work(
+        init_fn,
+        traced,
+        num_clients,
+        client_update,
+        update_state,
+        table_of=lambda state: state[CLIENT_CONTROL_VARIATES],
+        broadcast_of=lambda state: state[CONTROL_VARIATE],
     )
-    def next_fn(state, weights, client_data):
-        indices = _client_loops.client_indices(client_data)
-        client_rows = _client_loops.select_client_rows(
-            indices, state[CLIENT_CONTROL_VARIATES], num_clients
-        )
-        control_variate = tff.federated_broadcast(state[CONTROL_VARIATE])
-        client_result, model_outputs, new_rows = tff.federated_map(
-            client_update,
-            (weights, client_data[_client_loops.DATA], control_variate, client_rows),
-        )
-        scattered = _client_loops.scatter_client_rows(indices, new_rows, num_clients)
-        new_state = tff.federated_map(update_state, (state, scattered))
-        measurements = tff.federated_zip(
-            collections.OrderedDict(train=traced.metrics_aggregation_fn(model_outputs))
-        )
-        return tff.templates.MeasuredProcessOutput(new_state, client_result, measurements)
-
-    process = tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
-    keras_model.restore_eager_keras_classes()
-    return process
 
 
 def build_scaffold(
@@ -225,7 +169,7 @@ def build_scaffold(
     client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.UNIFORM,
     model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
     metrics_aggregator: Callable[..., tff.Computation] | None = None,
-) -> _client_loops.ClientIndexedLearningProcess:
+) -> _client_state.ClientIndexedLearningProcess:
     """Builds the SCAFFOLD learning process (see the module docstring).
 
     Args:
@@ -253,33 +197,16 @@ def build_scaffold(
         control variates are `state.client_work["control_variate"]` (`c`) and
         `state.client_work["client_control_variates"]` (`c_i` in row `i`).
     """
-    if server_optimizer is None:
-        server_optimizer = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
-    if model_aggregator is None:
-        model_aggregator = tff.aggregators.MeanFactory()
-
-    @tff.tensorflow.computation
-    def initial_model_weights_fn():
-        return tff.learning.models.ModelWeights.from_model(model_fn())
-
-    weights_type = initial_model_weights_fn.type_signature.result
-    distributor = tff.learning.templates.build_broadcast_process(weights_type)
-    client_work = build_scaffold_client_work(
+    process = _compose.compose_process(
         model_fn,
-        client_learning_rate,
-        num_clients,
-        client_weighting=client_weighting,
-        metrics_aggregator=metrics_aggregator,
+        lambda: build_scaffold_client_work(
+            model_fn,
+            client_learning_rate,
+            num_clients,
+            client_weighting=client_weighting,
+            metrics_aggregator=metrics_aggregator,
+        ),
+        model_aggregator,
+        server_optimizer,
     )
-    client_result_type = client_work.next.type_signature.result.result.member
-    aggregator = model_aggregator.create(
-        client_result_type.update, client_result_type.update_weight
-    )
-    finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
-        server_optimizer, weights_type
-    )
-    process = tff.learning.templates.compose_learning_process(
-        initial_model_weights_fn, distributor, client_work, aggregator, finalizer
-    )
-    keras_model.restore_eager_keras_classes()
-    return _client_loops.ClientIndexedLearningProcess(process, num_clients)
+    return _client_state.ClientIndexedLearningProcess(process, num_clients)

@@ -1,0 +1,140 @@
+"""The algorithm registry refuses what cannot work, in one line naming the fix.
+
+`check_combination` is the flag-level check the config runs before anything
+is loaded; `build_process` refuses the same combinations for library callers.
+Neither needs a TFF context: both raise before building anything.
+"""
+
+from absl.testing import absltest, parameterized
+
+from tff_vision import aggregators
+from tff_vision.algorithms import (
+    ALGORITHM_INFO,
+    ALGORITHMS,
+    build_optimizer,
+    build_process,
+    check_combination,
+    learning_rate_schedule,
+)
+
+_FINE = dict(
+    norm="group",
+    aggregator="mean",
+    client_optimizer="sgd",
+    client_momentum=0.0,
+    client_lr_schedule="constant",
+    proximal_strength=0.1,
+    distributed=False,
+)
+
+
+class CheckCombinationTest(parameterized.TestCase):
+    @parameterized.named_parameters(
+        (
+            "fedprox_needs_mu",
+            "fedprox",
+            dict(proximal_strength=0.0),
+            "--algorithm=fedprox needs --proximal_strength > 0 (mu, e.g. 0.01 to 1)",
+        ),
+        (
+            "fedbn_needs_batch_norm",
+            "fedbn",
+            dict(norm="group"),
+            "--algorithm=fedbn needs --norm=batch, got --norm=group",
+        ),
+        (
+            "scaffold_refuses_dp",
+            "scaffold",
+            dict(aggregator="dp"),
+            "--aggregator=dp does not work with --algorithm=scaffold (see "
+            "tff_vision/algorithms/__init__.py); use fedavg, fedprox or a FedOpt variant",
+        ),
+        (
+            "fedbn_refuses_secure",
+            "fedbn",
+            dict(norm="batch", aggregator="secure"),
+            "--aggregator=secure does not work with --algorithm=fedbn (see "
+            "tff_vision/algorithms/__init__.py); use fedavg, fedprox or a FedOpt variant",
+        ),
+        (
+            "fednova_trains_with_sgd",
+            "fednova",
+            dict(client_optimizer="adam"),
+            "--algorithm=fednova trains clients with sgd; got --client_optimizer=adam",
+        ),
+        (
+            "scaffold_has_no_momentum",
+            "scaffold",
+            dict(client_momentum=0.9),
+            "--algorithm=scaffold runs plain local SGD; pass --client_momentum=0",
+        ),
+        (
+            "fedbn_has_no_schedule",
+            "fedbn",
+            dict(norm="batch", client_lr_schedule="cosine"),
+            "--algorithm=fedbn has no client learning-rate schedule; "
+            "pass --client_lr_schedule=constant",
+        ),
+        (
+            "scaffold_on_one_worker",
+            "scaffold",
+            dict(distributed=True),
+            "--algorithm=scaffold keeps per-client state on the server and runs on one TFF "
+            "worker; drop --workers/--local_workers",
+        ),
+    )
+    def test_refuses_with_the_fix(self, algorithm, changes, message):
+        with self.assertRaises(ValueError) as raised:
+            check_combination(algorithm, **dict(_FINE, **changes))
+        self.assertEqual(str(raised.exception), message)
+
+    def test_accepts_what_works(self):
+        for name in ALGORITHMS:
+            norm = "batch" if name == "fedbn" else "group"
+            check_combination(name, **dict(_FINE, norm=norm))
+        check_combination("fedprox", **dict(_FINE, aggregator="dp", distributed=True))
+        check_combination("fednova", **dict(_FINE, aggregator="secure", client_momentum=0.9))
+        check_combination(
+            "fedavg", **dict(_FINE, client_optimizer="adam", client_lr_schedule="cosine")
+        )
+        with self.assertRaisesRegex(ValueError, "unknown --algorithm 'fedsgd'"):
+            check_combination("fedsgd", **_FINE)
+
+    def test_registry_entries(self):
+        self.assertEqual(ALGORITHMS, tuple(ALGORITHM_INFO))
+        indexed = {name for name, spec in ALGORITHM_INFO.items() if spec.indexed_clients}
+        self.assertEqual(indexed, {"scaffold", "fedbn"})
+        for spec in ALGORITHM_INFO.values():
+            self.assertTrue(spec.description)
+
+
+class BuildProcessRefusesTest(parameterized.TestCase):
+    def _build(self, name, **kwargs):
+        kwargs.setdefault("client_optimizer", build_optimizer("sgd", 0.1))
+        return build_process(name, lambda: None, **kwargs)
+
+    def test_unknown_name(self):
+        with self.assertRaisesRegex(ValueError, "Unknown algorithm 'fedsgd'"):
+            self._build("fedsgd")
+
+    def test_settings_the_algorithm_cannot_take(self):
+        dp = aggregators.build_aggregator("dp", clients_per_round=3)
+        secure = aggregators.build_aggregator("secure")
+        schedule = learning_rate_schedule("cosine", 0.1, 10)
+        cases = [
+            ("fednova", dict(client_learning_rate_fn=schedule), "takes no client learning-rate"),
+            ("scaffold", dict(model_aggregator=dp), "cannot take an unweighted"),
+            ("fednova", dict(model_aggregator=dp), "cannot take an unweighted"),
+            ("fedbn", dict(model_aggregator=secure), "secure sum hides nothing"),
+            ("fedprox", dict(proximal_strength=0.0), "needs proximal_strength > 0"),
+            ("scaffold", dict(num_clients=3), "needs client_learning_rate"),
+            ("fedbn", dict(), "needs num_clients"),
+        ]
+        for name, kwargs, message in cases:
+            with self.subTest(name=name, message=message):
+                with self.assertRaisesRegex(ValueError, message):
+                    self._build(name, **kwargs)
+
+
+if __name__ == "__main__":
+    absltest.main()

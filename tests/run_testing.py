@@ -1,0 +1,81 @@
+"""Shared pieces of the runner tests: the runner as a subprocess, its flags, its verdicts.
+
+The runner tests start real `python -m experiments.run` processes on the
+reference setting of `fl_testing.RETINA_LABEL_EXCLUSION` (real RetinaMNIST,
+three hospitals lacking classes 1, 2 and 3, the small CNN) and each class
+keeps its runs under one temporary directory.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import fl_testing
+from absl.testing import parameterized
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def runner_flags(**settings) -> list[str]:
+    """`--name=value` flags of the reference setting with `settings` added or replaced."""
+    return [f"--{k}={v}" for k, v in dict(fl_testing.RETINA_LABEL_EXCLUSION, **settings).items()]
+
+
+def runner_command(*flags: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.run", *flags]
+
+
+def runner_env() -> dict[str, str]:
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+
+
+def run_runner(*flags: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs the runner to its end with `flags`; stdout and stderr captured as text."""
+    return subprocess.run(
+        runner_command(*flags),
+        cwd=ROOT,
+        env=runner_env(),
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_runner(*flags: str, **popen_args) -> subprocess.Popen:
+    """Starts the runner with `flags`, stdin closed; `popen_args` choose the output pipes."""
+    return subprocess.Popen(
+        runner_command(*flags), cwd=ROOT, env=runner_env(), stdin=subprocess.DEVNULL, **popen_args
+    )
+
+
+class RunnerTestCase(parameterized.TestCase):
+    """A test class whose runs go under `self.tmp`, one temporary directory for the class."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"tff_vision_{cls.__name__}_"))
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+        super().tearDownClass()
+
+    def assertFinished(self, result: subprocess.CompletedProcess, out: pathlib.Path) -> dict:
+        """Asserts that the run exited 0; returns its summary.json."""
+        self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
+        return json.loads((out / "summary.json").read_text())
+
+    def assertOneLineError(self, result: subprocess.CompletedProcess, expected: str) -> None:
+        """Asserts exit status 2 and one `error: ...` line on stderr containing `expected`."""
+        self.assertEqual(result.returncode, 2, msg=result.stderr[-2000:])
+        lines = result.stderr.strip().splitlines()
+        self.assertLen(lines, 1, msg=result.stderr)
+        self.assertStartsWith(lines[0], "error: ")
+        self.assertIn(expected, lines[0])
+        self.assertNotIn("Traceback", result.stderr)

@@ -1,0 +1,267 @@
+"""The experiment's federated stage: the parts of the algorithm's process, then its run.
+
+`build_parts` turns a validated config into what the TFF process is built
+from (client data per round, client and server optimizers, the aggregator,
+the privacy accountant) and prints what was chosen; `run_federated` starts
+TFF's execution context, builds the process and runs the resumable
+`training.FederatedTrainer`, shutting TFF's workers down however it ends.
+Results depend on the order of the TF calls here (seeded model builds,
+traced functions): it is the order the experiment has always used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_vision import aggregators, algorithms, client_data, evaluation, privacy, runtime, training
+from tff_vision.algorithms import keras_model
+from tff_vision.config import ConfigError, ExperimentConfig
+from tff_vision.data import ImageDataset
+from tff_vision.partition import Partition
+
+Printer = Callable[[str], None]
+EvalFn = Callable[[tf.keras.Model], evaluation.EvalResult]
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedParts:
+    """What the federated process is built from, and what it reports about itself.
+
+    Attributes:
+        data: The clients' per-round datasets.
+        schedule: Client learning rate per round index, or None for a constant one.
+        client_optimizer: A TFF optimizer, or `learning_rate -> optimizer` with a schedule.
+        server: The server optimizer (`algorithms.ServerOptimizerSpec`).
+        aggregator: The model update aggregator (`aggregators.Aggregator`).
+        accounting: The privacy accountant of --aggregator=dp, else None.
+        settings: summary.json's "algorithm" entry (`algorithm_settings`).
+    """
+
+    data: client_data.RoundData
+    schedule: Callable[[int], Any] | None
+    client_optimizer: Any
+    server: algorithms.ServerOptimizerSpec
+    aggregator: aggregators.Aggregator
+    accounting: privacy.PrivacyAccounting | None
+    settings: dict[str, Any]
+
+
+def round_data(
+    config: ExperimentConfig, dataset: ImageDataset, partition: Partition
+) -> client_data.RoundData:
+    """The clients' training data, one dataset per client and round."""
+    preprocessing = client_data.Preprocessing(
+        batch_size=config.batch_size,
+        # With --local_steps, round datasets are one shuffled pass repeated and cut to length.
+        local_epochs=1 if config.local_steps else config.local_epochs,
+        augment=config.augment,
+        seed=config.seed,
+    )
+    return client_data.RoundData(
+        client_data.FederatedData(
+            dataset.train.images, dataset.train.labels, partition, preprocessing
+        ),
+        client_data.client_steps(config.local_steps, config.step_heterogeneity, partition.sizes),
+        config.batch_size,
+        indexed=algorithms.ALGORITHM_INFO[config.algorithm].indexed_clients,
+    )
+
+
+def build_parts(
+    config: ExperimentConfig, dataset: ImageDataset, partition: Partition, printer: Printer
+) -> FederatedParts:
+    """Everything the process is built from; prints the steps, algorithm and DP settings."""
+    data = round_data(config, dataset, partition)
+    if data.steps:
+        printer(f"local steps per round: {data.steps}")
+    schedule = algorithms.learning_rate_schedule(
+        config.client_lr_schedule, config.client_lr, config.rounds
+    )
+    client_optimizer = _client_optimizer(config, schedule)
+    server = config.server_optimizer_spec()
+    clients_per_round = min(config.clients_per_round or config.num_clients, config.num_clients)
+    aggregator = aggregators.build_aggregator(
+        config.aggregator,
+        clients_per_round=clients_per_round,
+        dp_noise_multiplier=config.dp_noise_multiplier,
+        dp_clip=config.dp_clip,
+        dp_target_quantile=config.dp_target_quantile,
+        noise_seed=client_data.derive_seed(config.seed, "dp-noise"),
+    )
+    settings = algorithm_settings(config, server, data.steps)
+    printer("algorithm: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "steps"))
+    accounting = _accounting(config, len(dataset.train), printer)
+    return FederatedParts(
+        data, schedule, client_optimizer, server, aggregator, accounting, settings
+    )
+
+
+def _client_optimizer(config: ExperimentConfig, schedule) -> Any:
+    """The clients' optimizer; with a schedule, a function of the round's learning rate."""
+    if schedule is None:
+        return algorithms.build_optimizer(
+            config.client_optimizer, config.client_lr, config.client_momentum
+        )
+
+    def client_optimizer(learning_rate):
+        return algorithms.build_optimizer(
+            config.client_optimizer, learning_rate, config.client_momentum
+        )
+
+    return client_optimizer
+
+
+def _accounting(
+    config: ExperimentConfig, train_examples: int, printer: Printer
+) -> privacy.PrivacyAccounting | None:
+    """The privacy accountant of --aggregator=dp (None otherwise); prints the planned epsilon."""
+    if config.aggregator != "dp":
+        return None
+    accounting = privacy.PrivacyAccounting(
+        noise_multiplier=config.dp_noise_multiplier,
+        sampling_rate=privacy.sampling_rate(config.clients_per_round, config.num_clients),
+        delta=config.dp_delta or privacy.default_delta(train_examples),
+        accountant=config.dp_accountant,
+    )
+    printer(
+        f"DP: noise multiplier {accounting.noise_multiplier}, clip {config.dp_clip}, "
+        f"sampling rate {accounting.sampling_rate:.4g}: epsilon after {config.rounds} "
+        f"rounds {accounting.epsilon(config.rounds):.4g} at delta {accounting.delta:.3g} "
+        f"({accounting.accountant})"
+    )
+    return accounting
+
+
+def algorithm_settings(
+    config: ExperimentConfig, server: algorithms.ServerOptimizerSpec, steps: dict[str, int] | None
+) -> dict[str, Any]:
+    """summary.json's "algorithm" entry: what the federated run actually used."""
+    out: dict[str, Any] = {"name": config.algorithm, "aggregator": config.aggregator}
+    if config.algorithm == "fedprox":
+        out["proximal_strength"] = config.proximal_strength
+    out.update(server.as_dict())
+    if config.aggregator == "dp":
+        out.update(
+            dp_noise_multiplier=config.dp_noise_multiplier,
+            dp_clip=config.dp_clip,
+        )
+        if config.dp_clip == "adaptive":
+            out["dp_target_quantile"] = config.dp_target_quantile
+    if steps:
+        out["local_steps"] = config.local_steps
+        out["step_heterogeneity"] = config.step_heterogeneity
+        out["steps"] = dict(steps)
+    else:
+        out["local_epochs"] = config.local_epochs
+    return out
+
+
+def run_federated(
+    config: ExperimentConfig,
+    parts: FederatedParts,
+    build_model: Callable[[], tf.keras.Model],
+    evaluate: EvalFn,
+    out: pathlib.Path,
+    printer: Printer,
+) -> training.FederatedOutcome:
+    """Builds the process and trains it for --rounds (resuming), on the configured workers.
+
+    `build_model` returns the experiment's freshly initialized Keras model and
+    `evaluate` scores one on the test set; with DP each evaluation also
+    records epsilon after its round.
+    """
+    if parts.accounting is not None:
+        evaluate = with_epsilon(evaluate, parts.accounting, parts.data, config.rounds)
+    _start_execution_context(config, out, printer)
+    try:
+        process = algorithms.build_process(
+            config.algorithm,
+            keras_model.model_fn(build_model, parts.data.element_spec, skip_random_init=True),
+            client_optimizer=parts.client_optimizer,
+            server_optimizer=parts.server,
+            client_learning_rate_fn=parts.schedule,
+            model_aggregator=None if config.aggregator == "mean" else parts.aggregator,
+            proximal_strength=config.proximal_strength,
+            client_learning_rate=config.client_lr,
+            client_momentum=config.client_momentum,
+            num_clients=config.num_clients,
+        )
+        if config.workers or config.local_workers:
+            _check_mergeable(config.algorithm, process.next)
+        eval_model = build_model()
+        trainer = training.FederatedTrainer(
+            process,
+            parts.data,
+            rounds=config.rounds,
+            eval_model=eval_model,
+            evaluate=evaluate,
+            output_dir=out,
+            initial_weights=keras_model.initial_weights(eval_model),
+            clients_per_round=config.clients_per_round,
+            eval_every=config.eval_every,
+            printer=printer,
+            restart_workers_every=config.restart_workers_every,
+        )
+        return trainer.run()
+    finally:
+        runtime.shutdown()
+
+
+def _start_execution_context(config: ExperimentConfig, out: pathlib.Path, printer: Printer) -> None:
+    """TFF's execution context for the run: one local worker, or several (--workers...)."""
+    if config.local_workers:
+        workers = runtime.start_local_multi_worker_context(config.local_workers, log_dir=out)
+        printer(f"TFF workers: {', '.join(w.target for w in workers)} (local, loopback)")
+    elif config.workers:
+        runtime.start_multi_worker_context(config.workers)
+        printer(f"TFF workers: {', '.join(config.workers)} (remote, unauthenticated gRPC)")
+    else:
+        runtime.start_local_context(log_path=out / "worker.log")
+
+
+def _check_mergeable(algorithm: str, computation) -> None:
+    """Raises `ConfigError` if `computation` cannot be split over several workers."""
+    try:
+        tff.backends.native.compile_to_mergeable_comp_form(computation)
+    except ValueError as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"--algorithm={algorithm} cannot be split over workers ({reason}); "
+            "run it without --workers/--local_workers"
+        ) from e
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivateEvalResult(evaluation.EvalResult):
+    """An evaluation under DP: also epsilon after its round (the eval_epsilon column)."""
+
+    epsilon: float = float("nan")
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        row = super().as_dict(prefix)
+        row[f"{prefix}epsilon"] = float(self.epsilon)
+        return row
+
+
+def with_epsilon(
+    evaluate: EvalFn,
+    accounting: privacy.PrivacyAccounting,
+    data: client_data.RoundData,
+    rounds: int,
+) -> Callable[[tf.keras.Model], PrivateEvalResult]:
+    """`evaluate` whose results carry epsilon after the round `data` is in."""
+
+    def evaluate_private(model: tf.keras.Model) -> PrivateEvalResult:
+        result = evaluate(model)
+        # Restored final state (nothing left to run): the last round.
+        round_num = data.current_round or rounds
+        fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+        return PrivateEvalResult(**fields, epsilon=accounting.epsilon(round_num))
+
+    return evaluate_private

@@ -1,0 +1,156 @@
+"""The experiment's own files and lines, besides what its trainers write.
+
+At the start, `write_start`: flags.json (the settings a rerun must match to
+resume), partition.csv and partition.png, and the header lines. At the end,
+`write_summary`: curves.png, confusion_matrix.png, then summary.json, written
+last, so that its presence means the run finished, and the closing lines.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from tff_vision import fileio, interrupts, plots
+from tff_vision.config import ExperimentConfig
+from tff_vision.data import ImageDataset
+from tff_vision.partition import Partition
+
+if TYPE_CHECKING:
+    from tff_vision.training import FederatedOutcome
+
+Printer = Callable[[str], None]
+
+
+def write_start(
+    config: ExperimentConfig,
+    dataset: ImageDataset,
+    partition: Partition,
+    out: pathlib.Path,
+    machine: str,
+    printer: Printer,
+) -> None:
+    """Writes flags.json and the partition's counts; prints data, model, `machine` and counts."""
+    fileio.write_json_atomic(out / "flags.json", config.result_fields())
+    counts = partition.to_frame(dataset.train.labels, list(dataset.class_names))
+    fileio.write_csv_atomic(counts, out / "partition.csv")
+    plots.plot_class_counts(counts, out / "partition.png", title=f"{config.partition} partition")
+    printer(
+        f"{dataset.name} {dataset.size}px ({dataset.source}): {len(dataset.train)} train / "
+        f"{len(dataset.test)} test, {dataset.num_classes} classes; {config.model} "
+        f"(norm={config.norm}); {machine}"
+    )
+    printer(f"client x class counts ({config.partition}):\n{counts.to_string()}")
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A result's test accuracy and AUC, as progress and closing lines show them."""
+    return f"test_acc {result['test_accuracy']:.4f}  test_auc {result['test_auc']:.4f}"
+
+
+def write_summary(
+    config: ExperimentConfig,
+    dataset: ImageDataset,
+    partition: Partition,
+    out: pathlib.Path,
+    *,
+    fed: FederatedOutcome,
+    algorithm: dict[str, Any],
+    privacy: dict[str, Any] | None,
+    baselines: dict[str, dict[str, Any]],
+    device: str,
+    started: float,
+    printer: Printer,
+) -> dict[str, Any]:
+    """Plots the results, writes summary.json and prints the closing lines; returns the summary.
+
+    `started` is the run's `time.monotonic()` start. A Ctrl-C swallowed on the
+    way (e.g. by a plot) still raises here, so an interrupted run has no summary.
+    """
+    summary: dict[str, Any] = {"federated": {**fed.final_eval.summary(), "rounds": fed.rounds}}
+    summary["algorithm"] = algorithm
+    if privacy is not None:
+        summary["privacy"] = privacy
+    if "local" in config.baselines:
+        summary["local_only"] = {
+            name.removeprefix("local_"): r for name, r in baselines.items() if name != "centralized"
+        }
+    if "centralized" in config.baselines:
+        summary["centralized"] = baselines["centralized"]
+    _plot_results(config, dataset, out, fed, baselines)
+    summary["wall_seconds"] = time.monotonic() - started
+    summary["resumed_from_round"] = fed.resumed_from
+    summary["dataset"] = {
+        "name": dataset.name,
+        "size": dataset.size,
+        "source": dataset.source,
+        "class_names": list(dataset.class_names),
+        "train_examples": len(dataset.train),
+        "test_examples": len(dataset.test),
+    }
+    summary["partition"] = {
+        "spec": partition.spec,
+        "client_classes": {str(i): c for i, c in enumerate(partition.client_classes)},
+        "client_examples": {str(i): int(n) for i, n in enumerate(partition.sizes)},
+    }
+    summary["confusion_matrix"] = fed.final_eval.confusion.tolist()
+    summary["device"] = device
+    interrupts.raise_if_interrupted()
+    fileio.write_json_atomic(out / "summary.json", summary)
+    printer(final_report(summary))
+    return summary
+
+
+def _plot_results(
+    config: ExperimentConfig,
+    dataset: ImageDataset,
+    out: pathlib.Path,
+    fed: FederatedOutcome,
+    baselines: dict[str, dict[str, Any]],
+) -> None:
+    """curves.png (federated metrics per round, baselines as lines) and confusion_matrix.png."""
+    metrics = pd.read_csv(out / "metrics.csv")
+    lines = {
+        ("centralized" if name == "centralized" else name.replace("_", " ")): {
+            "accuracy": r["test_accuracy"],
+            "loss": r.get("test_loss"),
+        }
+        for name, r in baselines.items()
+    }
+    plots.plot_curves(metrics, out / "curves.png", baselines=lines, title=_title(config))
+    plots.plot_confusion_matrix(
+        fed.final_eval.confusion,
+        dataset.class_names,
+        out / "confusion_matrix.png",
+        title=f"{config.algorithm}, round {fed.rounds}",
+    )
+
+
+def _title(config: ExperimentConfig) -> str:
+    return (
+        f"{config.dataset} {config.size}px, {config.model}, {config.partition} "
+        f"{config.exclude}, {config.num_clients} clients".replace("  ", " ")
+    )
+
+
+def final_report(summary: dict[str, Any]) -> str:
+    """The closing lines: every result, the privacy guarantee, the wall time."""
+    fed = summary["federated"]
+    lines = [f"federated ({fed['rounds']} rounds): {format_result(fed)}"]
+    for cid, r in summary.get("local_only", {}).items():
+        lines.append(f"local-only client {cid}: {format_result(r)}")
+    if "centralized" in summary:
+        lines.append(f"centralized: {format_result(summary['centralized'])}")
+    if "privacy" in summary:
+        p = summary["privacy"]
+        lines.append(
+            f"privacy: epsilon {p['epsilon']:.4g} at delta {p['delta']:.3g} after "
+            f"{p['rounds']} rounds (noise multiplier {p['noise_multiplier']}, "
+            f"sampling rate {p['sampling_rate']:.4g}, {p['accountant']})"
+        )
+    lines.append(f"wall time {summary['wall_seconds']:.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Runs the cells of a grid, up to ``max_parallel`` at once, recording and printing each.
+
+The runner schedules; the pieces around it do the rest: `CellProcesses` runs
+and stops the subprocesses, `SweepState` records every attempt (sweep.json is
+rewritten after each cell) and `terminal` words the lines. Cells run from the
+threads of a `ThreadPoolExecutor`, while all bookkeeping stays in the calling
+thread, which polls the futures: sweep.json has one writer. A Ctrl-C, SIGTERM
+or SIGHUP (or a bug) stops every running cell before `run` returns or raises.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+from collections.abc import Callable, Sequence
+
+from tff_vision.sweep import terminal
+from tff_vision.sweep.grid import Cell, SweepError
+from tff_vision.sweep.process import STOP_STEPS, CellProcesses, signals_interrupt
+from tff_vision.sweep.state import CellResult, Outcome, SweepState
+
+
+def _print_error(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class Runner:
+    """Runs the cells of one grid, records them in sweep.json, prints one line per cell."""
+
+    def __init__(
+        self,
+        state: SweepState,
+        cells: Sequence[Cell],
+        max_parallel: int = 1,
+        printer: Callable[[str], None] = print,
+        error_printer: Callable[[str], None] | None = None,
+        python: str = sys.executable,
+        stop_steps: Sequence[tuple[int, float]] = STOP_STEPS,
+    ):
+        if max_parallel < 1:
+            raise SweepError(f"--max_parallel must be >= 1, got {max_parallel}")
+        self.state = state
+        self.cells = list(cells)
+        self.max_parallel = max_parallel
+        self.printer = printer
+        self.error_printer = error_printer or _print_error
+        self.python = python
+        self.stop_steps = tuple(stop_steps)
+        self._processes = CellProcesses(state.sweep_dir, python)
+        self._recorded: set[str] = set()
+        self._durations: list[float] = []
+        self._counter = 0
+        self._remaining = 0
+        self._outcome = Outcome(exit_code=0)
+
+    def running_pids(self) -> list[int]:
+        """Process ids of the cells running now."""
+        return self._processes.pids()
+
+    def run(self) -> Outcome:
+        """Runs every cell that is not done; returns the outcome (exit code 0, 1 or 130)."""
+        todo = self._skip_done()
+        self._remaining = len(todo)
+        interrupted = self._run_all(todo) if todo else False
+        outcome = self._outcome
+        outcome.exit_code = 130 if interrupted else (1 if outcome.failed else 0)
+        return outcome
+
+    def _print_cell(self, cell: Cell, text: str) -> None:
+        self._counter += 1
+        self.printer(terminal.cell_line(self._counter, len(self.cells), cell, text))
+
+    def _skip_done(self) -> list[Cell]:
+        """Reports the cells done earlier (marking them done in sweep.json); returns the rest."""
+        todo = []
+        for cell in self.cells:
+            if self.state.status(cell) != "done":
+                todo.append(cell)
+                continue
+            self._print_cell(cell, terminal.skipped_text(self.state.summary(cell)))
+            self._outcome.skipped.append(cell.name)
+            if self.state.records.get(cell.name, {}).get("status") != "done":
+                self.state.update(cell, status="done")
+        self.state.save()
+        return todo
+
+    def _run_all(self, todo: Sequence[Cell]) -> bool:
+        """Runs `todo` on the pool, recording each cell as it ends; True if interrupted."""
+        futures: list[concurrent.futures.Future] = []
+        pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(self.max_parallel, len(todo)), thread_name_prefix="sweep-cell"
+        )
+        with signals_interrupt():
+            try:
+                futures += [pool.submit(self._processes.run, cell) for cell in todo]
+                pending = set(futures)
+                while pending:
+                    finished, pending = concurrent.futures.wait(
+                        pending, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    for future in finished:
+                        self._finish(future.result())
+            except BaseException as e:  # Ctrl-C, SIGTERM, or a bug: no cell outlives us.
+                self._processes.stop(futures, self.stop_steps, self.error_printer)
+                if not isinstance(e, KeyboardInterrupt):
+                    raise
+                for future in futures:
+                    if future.done() and not future.cancelled() and not future.exception():
+                        self._finish(future.result(), interrupted=True)
+                self.state.save()
+                return True
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return False
+
+    def _finish(self, result: CellResult, interrupted: bool = False) -> None:
+        """Records an ended attempt once, saves sweep.json and prints its line (with the ETA)."""
+        cell = result.cell
+        if cell.name in self._recorded or result.returncode is None:
+            return
+        self._remaining -= 1
+        record = self.state.record_attempt(result, interrupted)
+        self.state.save()
+        self._recorded.add(cell.name)
+        self._outcome.add(record["status"], cell.name)
+        if record["status"] != "partial":
+            self._durations.append(result.seconds)
+        text = terminal.attempt_text(record, result.seconds, self.state.summary(cell))
+        if not interrupted:
+            elapsed = self._processes.elapsed()
+            eta = terminal.eta(self._durations, self._remaining, elapsed, self.max_parallel)
+            text += f"  ETA {eta}" if eta else ""
+        self._print_cell(cell, text)
