@@ -1,7 +1,14 @@
-"""pytest glue: absl flags parsed, quiet TF, terminal-like Ctrl-C, no leftover workers."""
+"""pytest glue: absl flags parsed, quiet TF, terminal-like Ctrl-C, no leftover workers, tiers.
+
+`pytest -m "not slow"` is the iteration tier: it leaves out the modules that run
+whole experiments (runner subprocesses, notebooks, multi-round runs of every
+algorithm), which take most of the suite's time.
+"""
 
 import os
 import signal
+
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -22,3 +29,26 @@ def pytest_sessionfinish(session, exitstatus):
     from tff_vision import runtime
 
     runtime.shutdown()
+
+
+# Modules whose tests run whole experiments: marked `slow` (see the module docstring).
+_SLOW_MODULES = frozenset(
+    {
+        "algorithms_learn_test",
+        "algorithms_run_test",
+        "multiworker_test",
+        "notebooks_test",
+        "output_lock_test",
+        "resume_test",
+        "run_test",
+        "sweep_cli_test",
+    }
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    del config
+    slow = pytest.mark.slow
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in _SLOW_MODULES:
+            item.add_marker(slow)
