@@ -6,9 +6,11 @@ Example:
 
 Reads every finished cell (summary.json + flags.json) of the sweep and writes
 into <sweep_dir>/report/: table.csv and table.md (partition x algorithm,
-"mean ± std" over seeds of final test accuracy and AUC, best algorithm per row
-by --metric), cells.csv, aggregate.csv, accuracy_vs_alpha.png,
-accuracy_vs_k.png, algorithms.png and partitions/<partition>.png. The markdown
+"mean ± std" and 95% t-interval over seeds of final test accuracy and AUC; a
+best algorithm per row by --metric only where it beats every other one in a
+paired comparison across seeds, else a tie), cells.csv, aggregate.csv,
+accuracy_vs_alpha.png, accuracy_vs_k.png, algorithms.png and
+partitions/<partition>.png. The markdown
 table goes to stdout; notes (skipped plots, unfinished cells) to stderr. See
 `tff_vision/report.py` for the design. Unfinished cells are left out, so the
 report can be made while a sweep still runs.
@@ -31,7 +33,7 @@ flags.DEFINE_enum(
     "metric",
     "test_accuracy",
     list(report.METRICS),
-    "Metric that picks the best algorithm per row and that the plots show.",
+    "Metric of the paired comparison that names a row's best algorithm, and of the plots.",
 )
 
 FLAGS = flags.FLAGS

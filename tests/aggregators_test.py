@@ -1,8 +1,9 @@
 """The --aggregator choices run in our TFF context, and DP-FedAvg clips and noises as specified.
 
 * Every aggregator runs a FedAvg round on real RetinaMNIST with a tiny model;
-  the deterministic ones (secure: quantized secure sum; robust and
-  compression while no clipping or zeroing is active) give `mean`'s weights.
+  secure (quantized secure sum) gives `mean`'s weights.
+* robust and compression clip an update far above their clip norm to it,
+  zero a corrupt one, and compression quantizes within its error bound.
 * DP-FedAvg with noise multiplier 0 and a clip norm below every client's
   delta norm: the new weights are w - mean_k clip(w - w_k), clip(d) =
   d * min(1, C / ||d||), the unweighted mean, checked against local SGD by
@@ -15,7 +16,7 @@
 import fl_testing
 import numpy as np
 import tensorflow_federated as tff
-from absl.testing import absltest
+from absl.testing import absltest, parameterized
 from fl_testing import local_sgd
 from fl_testing import tiny_model as _tiny_model
 
@@ -75,17 +76,11 @@ class AggregatorsTest(fl_testing.RetinaTestCase):
                     for w, m in zip(weights, mean):
                         np.testing.assert_allclose(w, m, rtol=1e-5, atol=1e-6)
                     self.assertEqual(measurements["mean_value/secure_upper_clipped_count"], 0)
-                elif name in ("mean", "robust", "compression"):
-                    # Adaptive clipping (1.0) and zeroing (10.0) leave these small deltas alone,
-                    # and no tensor of the tiny model is big enough to be quantized.
-                    if name != "mean":
-                        self.assertEqual(measurements["zeroing/clipped_count"], 0)
-                        self.assertEqual(measurements["zeroed_count"], 0)
-                    for w, m in zip(weights, mean):
-                        np.testing.assert_allclose(w, m, rtol=1e-6, atol=1e-7)
-                else:  # dp: noised.
+                elif name == "dp":  # Noised.
                     self.assertGreater(max(np.abs(w - m).max() for w, m in zip(weights, mean)), 0)
                     self.assertIn("dp_query_metrics/clip", measurements)
+                elif name != "mean":  # What they do is in ClippingZeroingTest.
+                    self.assertIn("zeroing/clipped_count", measurements)
 
     def test_dp_clips_each_client_delta_and_takes_the_unweighted_mean(self):
         clip = 0.02
@@ -142,21 +137,49 @@ class AggregatorsTest(fl_testing.RetinaTestCase):
             self.assertLess(abs(np.mean(noise)), 4 * expected_std / np.sqrt(size))
 
 
-class CompressionTest(absltest.TestCase):
-    def test_large_tensors_are_quantized_to_8_bits(self):
-        size, rng = 30000, np.random.default_rng(0)
-        values = [(rng.normal(size=size) * 1e-3).astype(np.float32) for _ in range(3)]
-        weights = [1.0, 2.0, 5.0]
-        factory = aggregators.build_aggregator("compression").factory
+class ClippingZeroingTest(parameterized.TestCase):
+    """robust and compression clip, zero and (compression) quantize what they should."""
+
+    SIZE = 30000  # Above compression's 20000-element quantization threshold.
+
+    def _aggregate(self, name, values, weights):
+        factory = aggregators.build_aggregator(name).factory
         with runtime.local_context():
-            process = factory.create(tff.TensorType(np.float32, [size]), tff.TensorType(np.float32))
+            process = factory.create(
+                tff.TensorType(np.float32, [self.SIZE]), tff.TensorType(np.float32)
+            )
             output = process.next(process.initialize(), values, weights)
-        mean = sum(w * v for w, v in zip(weights, values)) / sum(weights)
-        error = np.abs(np.asarray(output.result) - mean)
-        # Each client's weighted values are rounded to one of 255 steps of their range.
-        bound = sum(w * (v.max() - v.min()) / 510 for w, v in zip(weights, values)) / sum(weights)
-        self.assertLessEqual(error.max(), bound * 1.001)
-        self.assertGreater(error.mean(), bound / 20)  # Quantization did happen.
+        return np.asarray(output.result), _flat_measurements(output.measurements)
+
+    @parameterized.parameters("robust", "compression")
+    def test_clipping_zeroing_and_quantization_are_active(self, name):
+        rng = np.random.default_rng(0)
+        # L2 norm 86.6, far above the initial clip norm 1; every value below the zeroing
+        # threshold 10 (max abs).
+        big = np.full(self.SIZE, 0.5, np.float32)
+        small = (rng.normal(size=self.SIZE) * 1e-4).astype(np.float32)  # Norm ~0.02.
+        corrupt = small.copy()
+        corrupt[0] = 1000.0  # Above the zeroing threshold.
+
+        alone, _ = self._aggregate(name, [big], [1.0])
+        self.assertLessEqual(np.linalg.norm(alone), 1.0 + 1e-5)
+        self.assertGreater(np.linalg.norm(alone), 0.99)  # Clipped, not zeroed.
+
+        weights = [1.0, 2.0, 3.0]
+        result, measurements = self._aggregate(name, [big, small, corrupt], weights)
+        self.assertEqual(measurements["zeroing/clipped_count"], 1)
+        self.assertEqual(measurements["zeroed_count"], 1)
+        # The corrupt client counts with zeros, the big one clipped to norm 1.
+        expected = (1.0 * big / np.linalg.norm(big) + 2.0 * small) / sum(weights)
+        error = np.abs(result - expected)
+        if name == "robust":
+            np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-9)
+        else:
+            # 8 bits: each client's weighted values rounded to one of 255 steps of their
+            # range; only `small` has a range.
+            bound = 2.0 * (small.max() - small.min()) / 510 / sum(weights)
+            self.assertLessEqual(error.max(), bound * 1.001)
+            self.assertGreater(error.mean(), bound / 20)  # Quantization did happen.
 
 
 class DpSettingsTest(absltest.TestCase):

@@ -2,9 +2,14 @@
 
 Each case is one short experiment (small CNN, a few rounds) run in-process
 through `experiment.setup` / `experiment.run_setup`, exactly as the runner
-runs it, and must clearly beat chance on the test set: macro AUC well above
-0.5, and accuracy no worse than always predicting the commonest training class
-(after a few rounds a small CNN may still predict mostly that class).
+runs it, and must beat every constant predictor on the test set: macro AUC
+above 0.65 (any constant scores give 0.5), accuracy at least 2 points (8 of
+the 400 test images) above the best any constant prediction can reach (the
+commonest test class, 0.435), and predictions of at least two classes.
+Runs on CPU are deterministic; the settings below were chosen so that every
+algorithm clears the bar (measured accuracy 0.4625 to 0.515, AUC 0.70 to 0.72),
+where some of them, with their earlier settings, still predicted class 0 for
+every image after 6 rounds.
 The exact update rules are checked elsewhere (fedavg_test.py, scaffold_test.py, ...);
 this shows that each algorithm, wired into the runner, trains a real model.
 """
@@ -23,18 +28,21 @@ _COMMON = dict(fl_testing.RETINA_LABEL_EXCLUSION, rounds=_ROUNDS, eval_every=_RO
 _ADAM = dict(client_optimizer="adam", client_lr=3e-3, client_lr_schedule="constant")
 # SCAFFOLD, FedNova and FedBN train clients with plain SGD at a constant rate.
 _SGD = dict(client_optimizer="sgd", client_lr=0.05, client_lr_schedule="constant")
+# Test accuracy above the best constant predictor's: 8 of the 400 test images.
+_MARGIN = 0.02
 
 ALGORITHM_SETTINGS = {
     "fedavg": _ADAM,
     "fedprox": dict(_ADAM, proximal_strength=0.01),
     "fedavgm": dict(_ADAM, server_momentum=0.5),
-    # Server Adam / Yogi over momentum-SGD clients (Reddi et al., 2021).
-    "fedadam": dict(_SGD, client_momentum=0.9, server_lr=0.01),
-    "fedyogi": dict(_SGD, client_momentum=0.9, server_lr=0.01),
-    "fedadagrad": dict(_ADAM, server_lr=0.01),
+    # Server Adam / Yogi / Adagrad over momentum-SGD clients (Reddi et al., 2021). At
+    # server_lr 0.01 Adam and Yogi, and Adagrad over Adam clients, still predicted one class.
+    "fedadam": dict(_SGD, client_momentum=0.9, server_lr=0.03),
+    "fedyogi": dict(_SGD, client_momentum=0.9, server_lr=0.03),
+    "fedadagrad": dict(_SGD, client_momentum=0.9, server_lr=0.01),
     "scaffold": dict(_SGD, client_lr=0.1, client_momentum=0.0),
-    "fednova": dict(_SGD, client_momentum=0.9),
-    "fedbn": dict(_SGD, client_momentum=0.9, norm="batch"),
+    "fednova": dict(_SGD, client_lr=0.1, client_momentum=0.9),
+    "fedbn": dict(_SGD, client_lr=0.02, client_momentum=0.9, norm="batch"),
 }
 
 
@@ -45,10 +53,10 @@ class AlgorithmsLearnTest(run_testing.RunnerTestCase):
         data = data_lib.load(
             "retinamnist", 28, str(fl_testing.SHARED_MEDMNIST), allow_download=False
         )
-        train_labels = data.train.labels.reshape(-1)
+        # The best accuracy any constant prediction reaches: the commonest test class's share.
         test_labels = data.test.labels.reshape(-1)
-        commonest = np.bincount(train_labels).argmax()
-        cls.majority_accuracy = float(np.mean(test_labels == commonest))
+        cls.constant_accuracy = np.bincount(test_labels).max() / len(test_labels)
+        cls.num_test = len(test_labels)
 
     @parameterized.named_parameters((name, name) for name in ALGORITHM_SETTINGS)
     def test_beats_chance_on_retinamnist(self, algorithm):
@@ -63,10 +71,16 @@ class AlgorithmsLearnTest(run_testing.RunnerTestCase):
         summary = experiment.run_setup(experiment.setup(config), printer=lambda _: None)
         fed = summary["federated"]
         self.assertEqual(fed["rounds"], _ROUNDS)
+        self.assertEqual(fed["selected_round"], _ROUNDS)  # The only evaluated round.
         self.assertEqual(summary["algorithm"]["name"], algorithm)
-        self.assertGreater(fed["test_auc"], 0.6, msg=fed)  # Chance: 0.5.
-        # A small CNN after a few rounds may still predict mostly the commonest class.
-        self.assertGreaterEqual(fed["test_accuracy"], self.majority_accuracy, msg=fed)
+        self.assertGreater(fed["test_auc"], 0.65, msg=fed)  # Constant scores: 0.5.
+        self.assertGreaterEqual(fed["test_accuracy"], self.constant_accuracy + _MARGIN, msg=fed)
+        # The confusion matrix is the reported model's: its columns count the predictions.
+        confusion = np.array(summary["confusion_matrix"])
+        self.assertEqual(confusion.sum(), self.num_test)
+        self.assertAlmostEqual(np.trace(confusion) / self.num_test, fed["test_accuracy"])
+        predicted = confusion.sum(axis=0)
+        self.assertGreaterEqual(np.count_nonzero(predicted), 2, msg=f"predicted: {predicted}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ class FlagsTest(absltest.TestCase):
         kinds = {
             "model": "string enum",
             "aggregator": "string enum",
+            "select": "string enum",
             "baselines": "comma separated list of strings",
             "workers": "comma separated list of strings",
             "mixed_precision": "bool",
@@ -80,6 +81,7 @@ class FlagsTest(absltest.TestCase):
         }
         self.assertEqual({name: values[name].flag_type() for name in kinds}, kinds)
         self.assertEqual(values["rounds"].default, defaults.rounds)
+        self.assertEqual(values["select"].default, "best_val")  # MedMNIST's protocol.
         self.assertIsNone(values["output_dir"].default)
         self.assertIsNone(values["data_dir"].default)
         with self.assertRaises(flags.IllegalFlagValueError):
@@ -112,6 +114,7 @@ class ValidateTest(parameterized.TestCase):
         ("clients_per_round", dict(clients_per_round=-1), "--clients_per_round must be >= 0 (0"),
         ("model", dict(model="vgg16"), "unknown --model 'vgg16'; use one of: cnn"),
         ("baseline", dict(baselines=("remote",)), "unknown --baselines entry 'remote'"),
+        ("select", dict(select="best_test"), "unknown --select 'best_test'; use one of: best_val"),
         ("size", dict(size=30), "--size must be one of 28, 64, 128, 224 for MedMNIST"),
         ("stem", dict(model="cnn", stem="cifar"), "--stem applies to resnet18 only"),
         ("client_lr", dict(client_lr=0), "--client_lr must be > 0"),

@@ -137,6 +137,16 @@ class EvaluateTest(parameterized.TestCase):
             self.assertAlmostEqual(batched.as_dict()[key], value, places=6)
         np.testing.assert_array_equal(batched.confusion, whole.confusion)
 
+    def test_stored_logits_give_the_evaluation_back_exactly(self):
+        result = evaluation.evaluate(
+            self.model, self.images, self.labels, num_classes=3, client_classes=[[0, 1], [2]]
+        )
+        self.assertEqual(result.logits.dtype, np.float32)
+        self.assertEqual(result.logits.shape, (6, 3))
+        again = evaluation.evaluate_logits(result.logits, self.labels, 3, [[0, 1], [2]])
+        self.assertEqual(again.as_dict(), result.as_dict())
+        np.testing.assert_array_equal(again.confusion, result.confusion)
+
     def test_empty_images_give_empty_logits(self):
         logits = evaluation.predict_logits(self.model, np.zeros((0, *_SHAPE), np.uint8))
         self.assertEqual(logits.shape, (0, 3))
@@ -196,6 +206,82 @@ class MetricsTest(parameterized.TestCase):
     def test_cross_entropy_stable_for_large_logits(self):
         logits = np.array([[1000.0, 0.0], [0.0, 1000.0]])
         self.assertAlmostEqual(evaluation.cross_entropy(np.array([0, 0]), logits), 500.0)
+
+
+def _classifier_logits(n, num_classes, seed, signal=1.0):
+    """Labels `[n]` (every class present) and logits that favour the true class."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % num_classes
+    logits = rng.normal(size=(n, num_classes)) + signal * np.eye(num_classes)[labels]
+    return labels, logits.astype(np.float32)
+
+
+def _reference_bootstrap(labels, logits, seed, resamples):
+    """The bootstrap written plainly: the documented resamples, then `macro_auc` on each."""
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, len(labels), size=(resamples, len(labels)))
+    probs = evaluation.softmax(logits)
+    correct = logits.argmax(axis=1) == labels
+    accuracy = [correct[i].mean() for i in indices]
+    auc = [evaluation.macro_auc(labels[i], probs[i]) for i in indices]
+    return {
+        "accuracy": np.percentile(accuracy, [2.5, 97.5]),
+        "auc": np.nanpercentile(auc, [2.5, 97.5]),
+    }
+
+
+class BootstrapTest(parameterized.TestCase):
+    def test_intervals_bracket_the_point_estimates(self):
+        labels, logits = _classifier_logits(400, 5, seed=0)
+        ci = evaluation.bootstrap_intervals(labels, logits, seed=0)
+        accuracy = np.mean(logits.argmax(axis=1) == labels)
+        auc = evaluation.macro_auc(labels, evaluation.softmax(logits))
+        self.assertLess(ci["accuracy"][0], accuracy)
+        self.assertGreater(ci["accuracy"][1], accuracy)
+        self.assertLess(ci["auc"][0], auc)
+        self.assertGreater(ci["auc"][1], auc)
+
+    def test_accuracy_interval_has_the_binomial_width(self):
+        # A percentile bootstrap of a mean of n Bernoulli(p) draws spans about
+        # +-1.96 sqrt(p (1 - p) / n): resampling nothing, or the wrong level, misses it.
+        labels, logits = _classifier_logits(400, 5, seed=1)
+        p = np.mean(logits.argmax(axis=1) == labels)
+        ci = evaluation.bootstrap_intervals(labels, logits, seed=0)
+        expected = 2 * 1.96 * np.sqrt(p * (1 - p) / 400)
+        self.assertBetween(ci["accuracy"][1] - ci["accuracy"][0], 0.85 * expected, 1.15 * expected)
+
+    def test_intervals_shrink_with_more_examples(self):
+        small = evaluation.bootstrap_intervals(*_classifier_logits(100, 5, seed=2), seed=0)
+        large = evaluation.bootstrap_intervals(*_classifier_logits(1600, 5, seed=2), seed=0)
+        for key in ("accuracy", "auc"):
+            ratio = (small[key][1] - small[key][0]) / (large[key][1] - large[key][0])
+            self.assertBetween(ratio, 2.5, 6.0, msg=key)  # sqrt(16) = 4.
+
+    def test_reproducible_for_a_seed(self):
+        labels, logits = _classifier_logits(200, 3, seed=3)
+        first = evaluation.bootstrap_intervals(labels, logits, seed=7)
+        self.assertEqual(evaluation.bootstrap_intervals(labels, logits, seed=7), first)
+        self.assertNotEqual(evaluation.bootstrap_intervals(labels, logits, seed=8), first)
+
+    @parameterized.named_parameters(
+        ("five_classes_with_ties", 5, 400, True),
+        ("binary", 2, 300, False),
+        ("few_examples_some_resamples_lack_a_class", 3, 7, False),
+    )
+    def test_equals_macro_auc_on_each_resample(self, num_classes, n, ties):
+        labels, logits = _classifier_logits(n, num_classes, seed=4)
+        if ties:
+            logits = np.round(logits)  # Many tied scores within each class column.
+        got = evaluation.bootstrap_intervals(labels, logits, seed=5, resamples=300)
+        expected = _reference_bootstrap(labels, logits, seed=5, resamples=300)
+        for key in ("accuracy", "auc"):
+            np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-12, err_msg=key)
+
+    def test_single_class_has_no_auc_interval(self):
+        logits = np.zeros((10, 3), np.float32)
+        ci = evaluation.bootstrap_intervals(np.zeros(10, np.int64), logits, seed=0)
+        self.assertEqual(ci["accuracy"], [1.0, 1.0])
+        self.assertTrue(np.isnan(ci["auc"]).all())
 
 
 if __name__ == "__main__":

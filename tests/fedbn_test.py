@@ -16,10 +16,10 @@ import fl_testing
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from absl.testing import absltest
+from absl.testing import absltest, parameterized
 from fl_testing import SMALL_SIZES as _SIZES
 
-from tff_vision import models
+from tff_vision import aggregators, models
 from tff_vision.algorithms import fedbn, keras_model
 
 _CLIENT_LR = 0.1
@@ -198,6 +198,37 @@ class FedBNTest(fl_testing.LocalContextTestCase):
             fl_testing.assert_all_close(
                 client.non_trainable, expected_nt, f"client {i} non-trainable"
             )
+
+    @parameterized.parameters("robust", "compression")
+    def test_the_aggregator_sees_only_the_shared_update(self, name):
+        """Clipping (norm 1 at first) must not touch the absolute normalization variables."""
+        process = fedbn.build_fedbn(
+            fl_testing.small_model_fn(norm=True),
+            tff.learning.optimizers.build_sgdm(_CLIENT_LR),
+            tff.learning.optimizers.build_sgdm(_SERVER_LR),
+            num_clients=len(_SIZES),
+            model_aggregator=aggregators.build_aggregator(name).factory,
+        )
+        init = _bn_model(seed=7)
+        ref = FedBNReference(
+            [v.numpy() for v in init.trainable_variables],
+            [v.numpy() for v in init.non_trainable_variables],
+            len(_SIZES),
+        )
+        datasets = _datasets()
+        output = process.next(fl_testing.initial_state(process, init), datasets)
+        ref.round(dict(enumerate(datasets)))
+        weights = process.get_model_weights(output.state)
+        # Their plain weighted mean (the gammas alone have norm 2, above the clip norm).
+        fl_testing.assert_all_close(weights.non_trainable, ref.non_trainable, "statistics")
+        fl_testing.assert_all_close(
+            [weights.trainable[i] for i in _LOCAL_TRAINABLE],
+            [ref.trainable[i] for i in _LOCAL_TRAINABLE],
+            "gamma, beta",
+        )
+        # The shared updates are below the clip norm, so the round is plain FedBN.
+        self.assertEqual(output.metrics["aggregator"]["zeroing"]["clipped_count"], 0)
+        fl_testing.assert_all_close(weights.trainable, ref.trainable, "all trainable")
 
     def test_state_survives_checkpoint(self):
         state, _ = self._initial()

@@ -15,6 +15,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from absl.testing import absltest, parameterized
 
+from tff_vision import aggregators
 from tff_vision.algorithms import fednova
 
 _EPOCHS = 2  # Examples 10, 18, 28 in batches of 4: tau = 3, 5, 7 local steps.
@@ -91,6 +92,27 @@ class FedNovaTest(fl_testing.LocalContextTestCase):
             gap = max(np.abs(f - e).max() for f, e in zip(fedavg, expected))
             self.assertGreater(gap, 1e-3)
             weights = [np.asarray(w) for w in actual]
+
+    @parameterized.parameters("robust", "compression", "secure")
+    def test_the_aggregator_sees_only_the_normalized_update(self, name):
+        """Clipping must not touch the step counts a_i = 3, 5, 7.
+
+        robust and compression clip to L2 norm 1 at first; secure summation
+        clips each weighted value n_i a_i to its range, 50 at first.
+        """
+        factory = aggregators.build_aggregator(name).factory
+        process = fednova.build_fednova(fl_testing.small_model_fn(), 0.1, model_aggregator=factory)
+        init = fl_testing.small_model(seed=7)
+        datasets = _datasets()
+        output = process.next(fl_testing.initial_state(process, init), datasets)
+        expected, tau_eff, _, _ = _fednova_round(init.get_weights(), datasets, 0.1, 0.0, 1.0)
+        self.assertAlmostEqual(
+            float(output.metrics["aggregator"]["effective_local_steps"]), tau_eff, places=5
+        )
+        # The normalized updates are below the clip norm, so the round is plain FedNova.
+        if name != "secure":
+            self.assertEqual(output.metrics["aggregator"]["mean"]["zeroing"]["clipped_count"], 0)
+        fl_testing.assert_all_close(process.get_model_weights(output.state).trainable, expected)
 
     def test_state_survives_checkpoint(self):
         process = fednova.build_fednova(

@@ -5,6 +5,7 @@ is loaded; `build_process` refuses the same combinations for library callers.
 Neither needs a TFF context: both raise before building anything.
 """
 
+import fl_testing
 from absl.testing import absltest, parameterized
 
 from tff_vision import aggregators
@@ -76,6 +77,28 @@ class CheckCombinationTest(parameterized.TestCase):
             "pass --client_lr_schedule=constant",
         ),
         (
+            "batch_norm_refuses_dp",
+            "fedavg",
+            dict(norm="batch", aggregator="dp"),
+            "--norm=batch with --aggregator=dp would release the clients' BatchNorm statistics "
+            "without noise; use --norm=group",
+        ),
+        (
+            "batch_norm_refuses_secure",
+            "fednova",
+            dict(norm="batch", aggregator="secure"),
+            "--norm=batch with --aggregator=secure would sum the clients' BatchNorm statistics "
+            "outside secure aggregation; use --norm=group",
+        ),
+        (
+            "batch_norm_on_one_worker",
+            "fedavg",
+            dict(norm="batch", distributed=True),
+            "--norm=batch recomputes the BatchNorm statistics in a second pass over each "
+            "round's clients, which TFF cannot split over workers; drop "
+            "--workers/--local_workers or use --norm=group",
+        ),
+        (
             "scaffold_on_one_worker",
             "scaffold",
             dict(distributed=True),
@@ -94,6 +117,10 @@ class CheckCombinationTest(parameterized.TestCase):
             check_combination(name, **dict(_FINE, norm=norm))
         check_combination("fedprox", **dict(_FINE, aggregator="dp", distributed=True))
         check_combination("fednova", **dict(_FINE, aggregator="secure", client_momentum=0.9))
+        # Only the model update goes through these; the extra fields take a plain mean.
+        for name in ("fedavg", "fednova", "fedbn"):
+            for aggregator in ("robust", "compression"):
+                check_combination(name, **dict(_FINE, norm="batch", aggregator=aggregator))
         check_combination(
             "fedavg", **dict(_FINE, client_optimizer="adam", client_lr_schedule="cosine")
         )
@@ -109,9 +136,9 @@ class CheckCombinationTest(parameterized.TestCase):
 
 
 class BuildProcessRefusesTest(parameterized.TestCase):
-    def _build(self, name, **kwargs):
+    def _build(self, name, model_fn=lambda: None, **kwargs):
         kwargs.setdefault("client_optimizer", build_optimizer("sgd", 0.1))
-        return build_process(name, lambda: None, **kwargs)
+        return build_process(name, model_fn, **kwargs)
 
     def test_unknown_name(self):
         with self.assertRaisesRegex(ValueError, "Unknown algorithm 'fedsgd'"):
@@ -121,6 +148,7 @@ class BuildProcessRefusesTest(parameterized.TestCase):
         dp = aggregators.build_aggregator("dp", clients_per_round=3)
         secure = aggregators.build_aggregator("secure")
         schedule = learning_rate_schedule("cosine", 0.1, 10)
+        bn_model_fn = fl_testing.small_model_fn(norm=True)
         cases = [
             ("fednova", dict(client_learning_rate_fn=schedule), "takes no client learning-rate"),
             ("scaffold", dict(model_aggregator=dp), "cannot take an unweighted"),
@@ -129,6 +157,12 @@ class BuildProcessRefusesTest(parameterized.TestCase):
             ("fedprox", dict(proximal_strength=0.0), "needs proximal_strength > 0"),
             ("scaffold", dict(num_clients=3), "needs client_learning_rate"),
             ("fedbn", dict(), "needs num_clients"),
+            ("fedavg", dict(model_aggregator=dp, model_fn=bn_model_fn), "outside DP or secure"),
+            (
+                "fednova",
+                dict(model_aggregator=secure, model_fn=bn_model_fn, client_learning_rate=0.1),
+                "outside DP or secure",
+            ),
         ]
         for name, kwargs, message in cases:
             with self.subTest(name=name, message=message):

@@ -2,8 +2,8 @@
 
 Each test writes a sweep directory by hand (sweep.json through `tff_vision.sweep`,
 then flags.json, summary.json and partition.csv per cell with known metrics),
-so every mean, standard deviation and "best" below is checked against numbers
-worked out here, not recomputed by the code under test.
+so every mean, standard deviation, interval and verdict below is checked
+against numbers worked out here, not recomputed by the code under test.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ _PARTITIONS = ["iid", "dirichlet:0.1", "dirichlet:1", "classes:2"]
 _BASE = {"iid": 0.60, "dirichlet:0.1": 0.40, "dirichlet:1": 0.50, "classes:2": 0.30}
 _DELTA = {"fedavg": 0.0, "fedprox": 0.05}
 _SEED_OFFSET = {0: -0.1, 1: 0.0, 2: 0.1}  # Mean 0, sample std (ddof=1) exactly 0.1.
+# 95% t-interval half widths: t(0.975, 2) 0.1 / sqrt(3) and t(0.975, 1) sqrt(0.005) / sqrt(2).
+_HALF_3_SEEDS = 4.302653 * 0.1 / 3**0.5  # 0.248414
+_HALF_2_SEEDS = 12.706205 * 0.05  # 0.635310
 
 
 def _accuracy(partition, algorithm, seed):
@@ -80,6 +83,19 @@ def _make_sweep(sweep_dir, partitions, algorithms, models, seeds, skip=()):
     return cells
 
 
+def _sweep_of(sweep_dir, accuracies):
+    """A one-partition sweep whose cells have the accuracies {(algorithm, seed): accuracy}."""
+    algorithms = list(dict.fromkeys(a for a, _ in accuracies))
+    seeds = sorted({s for _, s in accuracies})
+    cells = sweep.expand_grid(["iid"], algorithms, ["cnn"], seeds, {})
+    state = sweep.SweepState(sweep_dir)
+    state.merge({}, cells, {})
+    state.save()
+    for cell in cells:
+        accuracy = accuracies[(cell.algorithm, cell.seed)]
+        _write_cell(sweep_dir, cell, accuracy, loss=1.0 - accuracy)
+
+
 def _is_png(path):
     return path.is_file() and path.read_bytes()[:8] == _PNG_SIGNATURE
 
@@ -104,8 +120,8 @@ class ReportTest(parameterized.TestCase):
         self.assertIn("1 cell(s) not finished", notes[0])
         self.assertIn("partition=iid__algorithm=fedavg__model=cnn__seed=1", notes[0])
 
-    def test_aggregate_table_and_best(self):
-        # dirichlet:0.1 x fedprox lacks seed 2: n = 2 there.
+    def _three_seed_report(self):
+        """fedavg and fedprox over three seeds; dirichlet:0.1 x fedprox lacks seed 2 (n = 2)."""
         _make_sweep(
             self.dir,
             _PARTITIONS,
@@ -114,8 +130,10 @@ class ReportTest(parameterized.TestCase):
             [0, 1, 2],
             skip={("dirichlet:0.1", "fedprox", 2)},
         )
-        result = report.write_report(self.dir)
-        agg = result.aggregate.set_index(["partition", "algorithm"])
+        return report.write_report(self.dir)
+
+    def test_aggregate_means_stds_and_intervals(self):
+        agg = self._three_seed_report().aggregate.set_index(["partition", "algorithm"])
         # Three seeds: mean = base + delta, std = 0.1 exactly.
         self.assertEqual(agg.loc[("iid", "fedavg"), "n"], 3)
         self.assertAlmostEqual(agg.loc[("iid", "fedavg"), "test_accuracy_mean"], 0.60)
@@ -127,7 +145,17 @@ class ReportTest(parameterized.TestCase):
         self.assertAlmostEqual(
             agg.loc[("dirichlet:0.1", "fedprox"), "test_accuracy_std"], 0.0707107, places=6
         )
+        self.assertAlmostEqual(
+            agg.loc[("iid", "fedavg"), "test_accuracy_ci_low"], 0.60 - _HALF_3_SEEDS, places=5
+        )
+        self.assertAlmostEqual(
+            agg.loc[("dirichlet:0.1", "fedprox"), "test_accuracy_ci_high"],
+            0.40 + _HALF_2_SEEDS,
+            places=5,
+        )
 
+    def test_table_marks_a_paired_best_and_writes_every_file(self):
+        result = self._three_seed_report()
         table = pd.read_csv(self.dir / "report" / "table.csv", keep_default_na=False)
         self.assertEqual(table["partition"].tolist(), _PARTITIONS)  # Grid order kept.
         self.assertEqual(
@@ -136,40 +164,45 @@ class ReportTest(parameterized.TestCase):
                 "model",
                 "partition",
                 "fedavg accuracy",
+                "fedavg accuracy 95% CI",
                 "fedavg AUC",
+                "fedavg AUC 95% CI",
                 "fedavg n",
                 "fedprox accuracy",
+                "fedprox accuracy 95% CI",
                 "fedprox AUC",
+                "fedprox AUC 95% CI",
                 "fedprox n",
                 "best",
+                "comparison",
             ],
         )
         iid = table.iloc[0]
         self.assertEqual(iid["fedavg accuracy"], "0.600 ± 0.100")
+        self.assertEqual(iid["fedavg accuracy 95% CI"], "[0.352, 0.848]")
         self.assertEqual(iid["fedavg AUC"], "0.800 ± 0.100")
         self.assertEqual(iid["fedprox accuracy"], "0.650 ± 0.100")
         self.assertEqual(iid["fedavg n"], 3)
         self.assertEqual(table.iloc[1]["fedprox accuracy"], "0.400 ± 0.071")
+        self.assertEqual(table.iloc[1]["fedprox accuracy 95% CI"], "[-0.235, 1.035]")
         self.assertEqual(table.iloc[1]["fedprox n"], 2)
-        # fedprox is 0.05 better everywhere except dirichlet:0.1, where its mean equals
-        # fedavg's (0.40) only because seed 2 is missing: a tie, both are best.
-        self.assertEqual(
-            table["best"].tolist(), ["fedprox", "fedavg,fedprox", "fedprox", "fedprox"]
-        )
+        # fedprox is 0.05 better than fedavg on every seed. On dirichlet:0.1 the means are
+        # equal (0.40) only because fedprox lacks seed 2; paired by seed, fedprox still wins.
+        self.assertEqual(table["best"].tolist(), ["fedprox"] * 4)
+        self.assertStartsWith(table.iloc[1]["comparison"], "fedprox is best: fedprox − fedavg")
+        self.assertIn("over 2 paired seeds", table.iloc[1]["comparison"])
 
         markdown = (self.dir / "report" / "table.md").read_text()
         self.assertEqual(markdown, result.markdown)
-        self.assertIn("| partition | fedavg | fedprox |", markdown)
+        self.assertIn("| partition | fedavg | fedprox | comparison |", markdown)
         self.assertIn(
-            "| iid | 0.600 ± 0.100 / 0.800 ± 0.100 (n=3) | "
-            "**0.650 ± 0.100 / 0.850 ± 0.100 (n=3)** |",
+            "| iid | 0.600 ± 0.100 [0.352, 0.848] / 0.800 ± 0.100 [0.552, 1.048] (n=3) | "
+            "**0.650 ± 0.100 [0.402, 0.898] / 0.850 ± 0.100 [0.602, 1.098] (n=3)** | "
+            "fedprox is best: fedprox − fedavg accuracy +0.050, 95% CI [+0.050, +0.050] "
+            "over 3 paired seeds |",
             markdown,
         )
-        self.assertIn(
-            "| dirichlet:0.1 | **0.400 ± 0.100 / 0.600 ± 0.100 (n=3)** | "
-            "**0.400 ± 0.071 / 0.600 ± 0.071 (n=2)** |",
-            markdown,
-        )
+        self.assertIn("paired comparison across seeds", markdown)
         self.assertLess(markdown.index("| iid |"), markdown.index("| classes:2 |"))
 
         cells = pd.read_csv(self.dir / "report" / "cells.csv")
@@ -191,21 +224,72 @@ class ReportTest(parameterized.TestCase):
         result = report.write_report(self.dir)
         self.assertEqual(result.table.iloc[0]["fedavg accuracy"], "0.600")
         self.assertEqual(result.table.iloc[0]["fedavg n"], 1)
-        self.assertIn("| iid | **0.600 / 0.800 (n=1)** |", result.markdown)
+        self.assertEqual(result.table.iloc[0]["fedavg accuracy 95% CI"], "–")
+        self.assertIn(
+            "| iid | 0.600 / 0.800 (n=1) | only fedavg: nothing to compare |", result.markdown
+        )
         self.assertTrue(np.isnan(result.aggregate.iloc[0]["test_accuracy_std"]))
+        self.assertTrue(np.isnan(result.aggregate.iloc[0]["test_accuracy_ci_low"]))
+
+    def test_clear_paired_winner_is_best(self):
+        # Per seed fedprox is 0.030-0.040 better: paired difference 0.035, 95% CI
+        # 0.035 ± 0.0124, though the seed-to-seed spread (std 0.05) dwarfs it.
+        base = {0: 0.50, 1: 0.55, 2: 0.45}
+        gain = {0: 0.030, 1: 0.040, 2: 0.035}
+        accuracies = {("fedavg", s): a for s, a in base.items()}
+        accuracies.update({("fedprox", s): a + gain[s] for s, a in base.items()})
+        _sweep_of(self.dir, accuracies)
+        result = report.write_report(self.dir)
+        row = result.table.iloc[0]
+        self.assertEqual(row["best"], "fedprox")
+        self.assertEqual(
+            row["comparison"],
+            "fedprox is best: fedprox − fedavg accuracy +0.035, 95% CI [+0.023, +0.047] "
+            "over 3 paired seeds",
+        )
+        self.assertIn("| **0.535 ± 0.053 [0.404, 0.666] / ", result.markdown)
+
+    def test_difference_within_noise_is_a_tie(self):
+        # fedprox's mean is 0.0047 higher, but per seed it is +0.004, -0.030, +0.040.
+        base = {0: 0.50, 1: 0.55, 2: 0.45}
+        change = {0: 0.004, 1: -0.030, 2: 0.040}
+        accuracies = {("fedavg", s): a for s, a in base.items()}
+        accuracies.update({("fedprox", s): a + change[s] for s, a in base.items()})
+        _sweep_of(self.dir, accuracies)
+        result = report.write_report(self.dir)
+        row = result.table.iloc[0]
+        self.assertEqual(row["best"], "")
+        self.assertEqual(
+            row["comparison"],
+            "tie (fedprox, fedavg): fedprox − fedavg accuracy +0.005, 95% CI [-0.082, +0.092] "
+            "over 3 paired seeds includes 0",
+        )
+        self.assertNotIn("| **", result.markdown)
+        csv = pd.read_csv(self.dir / "report" / "table.csv", keep_default_na=False)
+        self.assertEqual(csv["best"].tolist(), [""])
+        self.assertStartsWith(csv["comparison"][0], "tie (fedprox, fedavg)")
+
+    def test_one_seed_never_has_a_best(self):
+        _sweep_of(self.dir, {("fedavg", 0): 0.40, ("fedprox", 0): 0.70})
+        row = report.write_report(self.dir).table.iloc[0]
+        self.assertEqual(row["best"], "")
+        self.assertEqual(
+            row["comparison"],
+            "no best: 1 paired seed(s) of fedprox and fedavg; comparing needs 2 or more",
+        )
 
     def test_loss_metric_prefers_lower(self):
-        cells = sweep.expand_grid(["iid"], ["fedavg", "fedprox"], ["cnn"], [0], {})
-        state = sweep.SweepState(self.dir)
-        state.merge({}, cells, {})
-        state.save()
-        _write_cell(self.dir, cells[0], 0.7, loss=0.9)
-        _write_cell(self.dir, cells[1], 0.6, loss=0.8)
+        # fedavg has the higher accuracy on every seed, but also the higher loss (1.5).
+        accuracies = {("fedavg", s): 0.7 + 0.01 * s for s in (0, 1, 2)}
+        accuracies.update({("fedprox", s): 0.6 + 0.02 * s for s in (0, 1, 2)})
+        _sweep_of(self.dir, accuracies)
+        for cell in sweep.expand_grid(["iid"], ["fedavg"], ["cnn"], [0, 1, 2], {}):
+            _write_cell(self.dir, cell, accuracies[("fedavg", cell.seed)], loss=1.5)
         self.assertEqual(report.write_report(self.dir).table["best"].tolist(), ["fedavg"])
         by_loss = report.write_report(self.dir, metric="test_loss")
         self.assertEqual(by_loss.table["best"].tolist(), ["fedprox"])
         self.assertIn("fedprox loss", by_loss.table.columns)
-        self.assertIn("lowest mean loss", by_loss.markdown)
+        self.assertIn("best loss", by_loss.markdown)
         self.assertFalse((self.dir / "report" / "loss_vs_alpha.png").exists())
         self.assertFalse((self.dir / "report" / "accuracy_vs_alpha.png").exists())
 
@@ -300,8 +384,12 @@ class CliTest(absltest.TestCase):
         result = self._run(f"--sweep_dir={sweep_dir}", "--metric=test_auc")
         self.assertEqual(result.returncode, 0, msg=result.stderr)
         self.assertEqual(result.stdout, (sweep_dir / "report" / "table.md").read_text())
-        self.assertIn("| classes:2 | **0.250 ± 0.071 / 0.450 ± 0.071 (n=2)** |", result.stdout)
-        self.assertIn("highest mean AUC", result.stdout)
+        self.assertIn(
+            "| classes:2 | 0.250 ± 0.071 [-0.385, 0.885] / 0.450 ± 0.071 [-0.185, 1.085] (n=2) | "
+            "only fedavg: nothing to compare |",
+            result.stdout,
+        )
+        self.assertIn("best AUC", result.stdout)
         self.assertIn("note: no finished dirichlet: cells; skipped auc_vs_alpha.png", result.stderr)
         self.assertTrue(_is_png(sweep_dir / "report" / "auc_vs_k.png"))
 

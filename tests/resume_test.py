@@ -108,6 +108,18 @@ class OutputDirSettingsTest(absltest.TestCase):
         self.assertEqual(experiment.prepare_output_dir(without), out)
         self.assertEqual(json.loads((out / "flags.json").read_text()), recorded)
 
+    def test_run_recorded_before_select_resumes_only_reporting_its_last_round(self):
+        # Runs from before the setting existed reported their last round, with no val scores.
+        out = pathlib.Path(self.create_tempdir().full_path)
+        config = config_lib.ExperimentConfig(output_dir=str(out), exclude="1;2;3")
+        recorded = config.result_fields()
+        del recorded["select"]
+        (out / "flags.json").write_text(json.dumps(recorded))
+        with self.assertRaisesRegex(config_lib.ConfigError, "select: 'final' -> 'best_val'"):
+            experiment.prepare_output_dir(config)
+        final = dataclasses.replace(config, select="final")
+        self.assertEqual(experiment.prepare_output_dir(final), out)
+
 
 if __name__ == "__main__":
     absltest.main()

@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import fl_testing
+import numpy as np
 import pandas as pd
 import psutil
 import run_testing
@@ -79,9 +80,7 @@ class RunnerTest(run_testing.RunnerTestCase):
         self.assertEqual(fed["rounds"], 4)
         self.assertEqual(sorted(fed["per_client_subset_accuracy"]), ["0", "1", "2"])
         self.assertEqual(sorted(summary["local_only"]), ["0", "1", "2"])
-        for result_ in [fed, summary["centralized"], *summary["local_only"].values()]:
-            self.assertBetween(result_["test_accuracy"], 0.0, 1.0)
-            self.assertBetween(result_["test_auc"], 0.0, 1.0)
+        self._check_reported_numbers(summary, out)
         self.assertGreater(summary["wall_seconds"], 0)
         # Subset accuracy by hand from the saved confusion matrix: client i lacks class i+1.
         confusion = summary["confusion_matrix"]
@@ -99,16 +98,75 @@ class RunnerTest(run_testing.RunnerTestCase):
         for client, excluded in (("0", "1"), ("1", "2"), ("2", "3")):
             self.assertEqual(partition.loc[client, excluded], 0)
 
-        metrics = pd.read_csv(out / "metrics.csv")
+        metrics = pd.read_csv(out / "metrics.csv", float_precision="round_trip")
         self.assertEqual(metrics["round"].tolist(), [1, 2, 3, 4])
         self.assertEqual(metrics["eval_accuracy"].notna().tolist(), [False, True, False, True])
-        self.assertAlmostEqual(metrics["eval_accuracy"].iloc[-1], fed["test_accuracy"], places=6)
+        self.assertEqual(metrics["val_auc"].notna().tolist(), [False, True, False, True])
+        self.assertEqual(metrics["eval_accuracy"].iloc[-1], fed["final"]["test_accuracy"])
         self.assertTrue((metrics["train_examples"] == 1080).all())
+        self._check_selection(summary, metrics)
 
         # Progress lines on the terminal: round, loss, accuracy, s/round, ETA.
         self.assertRegex(result.stdout, r"\[federated\] round 4/4 .*loss .*acc .*s/round .*ETA")
         self.assertIn("centralized", result.stdout)
         self.assertNotIn("Traceback", result.stderr)
+
+    def _check_selection(self, summary, metrics):
+        """Every result reports the round of best val AUC (the first of ties), with intervals."""
+        evaluated = metrics[metrics["val_auc"].notna()]
+        best = evaluated.loc[evaluated["val_auc"].idxmax()]
+        fed = summary["federated"]
+        self.assertEqual(fed["selected_round"], best["round"])
+        for key in ("accuracy", "auc"):
+            self.assertEqual(fed[f"test_{key}"], best[f"eval_{key}"])
+            self.assertEqual(fed[f"val_{key}"], best[f"val_{key}"])
+        local = {f"local_{c}": r for c, r in summary["local_only"].items()}
+        for name, result in dict(local, centralized=summary["centralized"]).items():
+            log = pd.read_csv(self.reference_dir / "baselines" / f"{name}.csv")
+            self.assertEqual(log["round"].tolist(), [1, 2, 3, 4])
+            self.assertEqual(result["selected_round"], log["round"][log["val_auc"].idxmax()])
+        for name, result in dict(local, federated=fed, centralized=summary["centralized"]).items():
+            self.assertEqual(result["select"], "best_val", msg=name)
+            self.assertEqual(result["final"]["round"], 4, msg=name)
+            self.assertBetween(result["final"]["test_accuracy"], 0.0, 1.0)
+            for key in ("test_accuracy", "test_auc"):
+                low, high = result["ci95"][key]
+                self.assertBetween(result[key], low, high, msg=name)
+                self.assertLess(high - low, 0.2, msg=name)
+
+    def _check_reported_numbers(self, summary, out):
+        """Each arm's numbers are those its per-round log holds for the reported round.
+
+        The federated model's test and val metrics are metrics.csv's row of its selected
+        round (and its last row under "final"); each baseline's val metrics are its
+        baselines/<name>.csv row of its selected round; every test accuracy counts whole
+        images of the 400 in the test split, and the confusion matrix's rows are the
+        test split's true class counts.
+        """
+        metrics = pd.read_csv(out / "metrics.csv", float_precision="round_trip")
+        fed = summary["federated"]
+        arms = {"federated": (fed, metrics), "centralized": (summary["centralized"], None)}
+        arms.update({f"local_{c}": (r, None) for c, r in summary["local_only"].items()})
+        for name, (result_, log) in arms.items():
+            if log is None:
+                log = pd.read_csv(out / "baselines" / f"{name}.csv", float_precision="round_trip")
+            row = log[log["round"] == result_["selected_round"]].iloc[0]
+            for key in ("val_accuracy", "val_auc"):
+                self.assertEqual(result_[key], row[key], msg=(name, key))
+            for accuracy in (result_["test_accuracy"], result_["final"]["test_accuracy"]):
+                self.assertAlmostEqual(accuracy * 400, round(accuracy * 400), places=6, msg=name)
+        selected = metrics[metrics["round"] == fed["selected_round"]].iloc[0]
+        for final, row in ((False, selected), (True, metrics.iloc[-1])):
+            reported = fed["final"] if final else fed
+            for key in ("accuracy", "auc", "loss"):
+                self.assertEqual(reported[f"test_{key}"], row[f"eval_{key}"], msg=(final, key))
+            for client, accuracy in reported["per_client_subset_accuracy"].items():
+                self.assertEqual(accuracy, row[f"eval_subset_accuracy/{client}"], msg=client)
+        confusion = np.array(summary["confusion_matrix"])
+        with np.load(_SHARED / "retinamnist.npz") as official:
+            test_labels = official["test_labels"].reshape(-1)
+        np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(test_labels))
+        self.assertEqual(np.trace(confusion), round(fed["test_accuracy"] * 400))
 
     def test_rerun_of_finished_run_recomputes_nothing(self):
         before = _results(self.reference_dir)
@@ -158,11 +216,13 @@ class RunnerTest(run_testing.RunnerTestCase):
         # optimizer its three local baselines used before (reset in between), this run on
         # fresh ones, so equal results show the reset is complete.
         # Fresh workers after every round: results stay the same.
+        # --select=final: every result is then the last round's, the reference's "final".
         result = _run(
             *_BASE_FLAGS,
             "--baselines=centralized",
             "--local_workers=2",
             "--restart_workers_every=1",
+            "--select=final",
             f"--output_dir={out}",
         )
         summary = self.assertFinished(result, out)
@@ -172,9 +232,15 @@ class RunnerTest(run_testing.RunnerTestCase):
             sorted(p.name for p in out.glob("worker_*.log")), ["worker_0.log", "worker_1.log"]
         )
         reference = _results(self.reference_dir)
+        fed, centralized = summary["federated"], summary["centralized"]
+        self.assertEqual((fed["select"], fed["selected_round"]), ("final", 4))
         for key in ("test_accuracy", "test_auc"):
-            self.assertAlmostEqual(summary["federated"][key], reference["federated"][key], places=4)
-        self.assertEqual(summary["centralized"], reference["centralized"])
+            self.assertAlmostEqual(fed[key], reference["federated"]["final"][key], places=4)
+            self.assertEqual(fed[key], fed["final"][key])
+        self.assertEqual(centralized["final"], reference["centralized"]["final"])
+        self.assertEqual((centralized["select"], centralized["selected_round"]), ("final", 4))
+        for key in ("test_accuracy", "test_auc", "test_loss"):
+            self.assertEqual(centralized[key], reference["centralized"]["final"][key])
         metrics, expected = _comparable_metrics(out), _comparable_metrics(self.reference_dir)
         pd.testing.assert_frame_equal(metrics, expected, atol=1e-4, rtol=1e-4)
 

@@ -2,12 +2,13 @@
 
 The experiment's baseline stage: `baseline_jobs` names each baseline of
 --baselines with its data per round, `run_baselines` trains them one after
-the other (or reads the result of one finished earlier) and writes
-`baselines/<name>.json`. `train_keras_baseline` trains one Keras model round
-by round on the same per-round datasets a federated client would see (same
-preprocessing, same number of passes, same learning-rate schedule),
-checkpointing model and optimizer with `tf.train` after every round, so a
-killed run resumes exactly.
+the other (or reads the result of one finished earlier), scores each round on
+the validation split (`baselines/<name>.csv`, one row per round), reports the
+round --select chooses and writes `baselines/<name>.json`.
+`train_keras_baseline` trains one Keras model round by round on the same
+per-round datasets a federated client would see (same preprocessing, same
+number of passes, same learning-rate schedule), checkpointing model and
+optimizer with `tf.train` after every round, so a killed run resumes exactly.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
-from tff_vision import client_data, evaluation, fileio, interrupts, outputs
+from tff_vision import client_data, fileio, interrupts, outputs, selection
 from tff_vision.algorithms import keras_model
 from tff_vision.config import ExperimentConfig
 from tff_vision.data import ImageDataset
 from tff_vision.progress import Progress
 
 RoundDatasets = Callable[[int], tf.data.Dataset]
+AfterRound = Callable[[int, dict[str, float]], dict[str, float]]
 
 
 def baseline_jobs(
@@ -85,14 +88,16 @@ def run_baselines(
     config: ExperimentConfig,
     jobs: list[tuple[str, RoundDatasets]],
     build_model: Callable[[], tf.keras.Model],
-    evaluate: Callable[[tf.keras.Model], evaluation.EvalResult],
+    held_out: selection.HeldOut,
     learning_rate_fn: Callable[[int], Any] | None,
     out: pathlib.Path,
     printer: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
-    """Trains each job for --rounds (resuming) and evaluates it; returns name -> test metrics.
+    """Trains each job for --rounds (resuming) and scores it; returns name -> summary entry.
 
-    A baseline whose `baselines/<name>.json` exists finished earlier and is not
+    Every round is scored on the validation split and offered to the job's
+    `selection.Selection` (--select), which keeps the round reported. A
+    baseline whose `baselines/<name>.json` exists finished earlier and is not
     trained again.
     """
     baseline_dir = out / "baselines"
@@ -107,6 +112,9 @@ def run_baselines(
             printer(f"[{name}] finished earlier: {outputs.format_result(previous)}")
             continue
         shared = shared.reset() if shared else _SharedModel(config, build_model)
+        chosen = selection.Selection(
+            config.select, held_out, out / "checkpoints" / "selected" / f"{name}.npz"
+        )
         train_keras_baseline(
             name,
             shared.model,
@@ -117,11 +125,41 @@ def run_baselines(
             learning_rate_fn=learning_rate_fn,
             printer=printer,
             train_epoch=shared.train_epoch,
+            after_round=_scorer(shared.model, held_out, chosen, baseline_dir / f"{name}.csv"),
         )
-        results[name] = evaluate(shared.model).summary()
+        final_test = held_out.evaluate_test(shared.model)
+        results[name], _ = chosen.report(
+            config.rounds, final_test, held_out.evaluate_val(shared.model)
+        )
         fileio.write_json_atomic(result_path, results[name])
-        printer(f"[{name}] final: {outputs.format_result(results[name])}")
+        result = results[name]
+        printer(f"[{name}] {outputs.selection_text(result)}: {outputs.format_result(result)}")
     return results
+
+
+def _scorer(
+    model: tf.keras.Model,
+    held_out: selection.HeldOut,
+    chosen: selection.Selection,
+    log: pathlib.Path,
+) -> AfterRound:
+    """Scores `model` on val after each round, offers the round to `chosen` and logs it to `log`.
+
+    `log` (CSV) gets one row per round: the round's training loss and
+    accuracy and its val metrics; a resumed run rewrites the rounds it redoes.
+    """
+    rows = pd.read_csv(log, float_precision="round_trip").to_dict("records") if log.exists() else []
+
+    def after_round(round_num: int, train: dict[str, float]) -> dict[str, float]:
+        val = held_out.evaluate_val(model)
+        chosen.offer(round_num, val, lambda: held_out.evaluate_test(model))
+        rows[:] = [r for r in rows if r["round"] < round_num]
+        rows.append({"round": round_num, **train, **val.as_dict(prefix="val_")})
+        frame = pd.DataFrame(rows)
+        fileio.write_with_atomic(log, lambda tmp: frame.to_csv(tmp, index=False))
+        return {"val_auc": val.auc}
+
+    return after_round
 
 
 def train_keras_baseline(
@@ -134,6 +172,7 @@ def train_keras_baseline(
     learning_rate_fn: Callable[[int], Any] | None = None,
     printer: Callable[[str], None] = print,
     train_epoch: Callable[[tf.data.Dataset], tuple[float, float, float]] | None = None,
+    after_round: AfterRound | None = None,
 ) -> int:
     """Trains `model` on `round_dataset(r)` for r = 1..rounds, resumably.
 
@@ -145,7 +184,10 @@ def train_keras_baseline(
     `learning_rate_fn(r - 1)`, the schedule the federated clients follow.
     `train_epoch` (from `epoch_trainer(model, optimizer, ...)`) lets baselines
     that share `model` and `optimizer` share one traced step; by default one
-    is built here.
+    is built here. `after_round(r, {"train_loss": ..., "train_accuracy": ...})`
+    runs after round r's training, before its checkpoint (so that a resumed
+    run calls it for every round it did not checkpoint); the metrics it
+    returns join the round's progress line.
 
     Returns:
         The round the run resumed after (0 for a fresh start).
@@ -167,13 +209,13 @@ def train_keras_baseline(
         if learning_rate_fn is not None:
             optimizer.learning_rate = float(learning_rate_fn(round_num - 1))
         loss_sum, correct, count = train_epoch(round_dataset(round_num))
+        train = {"train_loss": loss_sum / max(count, 1), "train_accuracy": correct / max(count, 1)}
+        shown = {"loss": train["train_loss"], "acc": train["train_accuracy"]}
+        if after_round is not None:
+            shown.update(after_round(round_num, train))
         done.assign(round_num)
         manager.save(checkpoint_number=round_num)
-        progress.update(
-            round_num,
-            time.monotonic() - t0,
-            {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1)},
-        )
+        progress.update(round_num, time.monotonic() - t0, shown)
     return resumed
 
 

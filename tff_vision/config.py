@@ -29,12 +29,14 @@ from tff_vision import settings
 from tff_vision.settings import lazy, option
 
 BASELINES = ("local", "centralized")
+SELECTIONS = ("best_val", "final")
 STEP_HETEROGENEITY = ("none", "proportional")
 
 
 # Settings whose default changed after runs were recorded without them: the
-# value those runs had. Weight standardization came with default True.
-_DEFAULTS_BEFORE_CHANGE = {"weight_standardization": False}
+# value those runs had. Weight standardization came with default True; runs
+# before --select reported their last round.
+_DEFAULTS_BEFORE_CHANGE = {"weight_standardization": False, "select": "final"}
 
 
 class ConfigError(ValueError):
@@ -215,7 +217,9 @@ class PrivacySettings:
     )
     dp_delta: float = option(
         0.0,
-        "--aggregator=dp: delta of the (epsilon, delta) guarantee; 0 = 1 / training examples.",
+        "--aggregator=dp: delta of the client-level (epsilon, delta) guarantee; 0 = "
+        "1/num_clients^1.1, below 1/num_clients as a client-level delta must be (McMahan et al. "
+        "2018, Learning Differentially Private Recurrent Language Models).",
     )
     dp_accountant: str = option(
         "rdp",
@@ -293,11 +297,21 @@ class RuntimeSettings:
 class OutputSettings:
     """What is evaluated and trained besides the federated model, and where results go."""
 
-    eval_every: int = option(1, "Evaluate on the test set every N rounds.", lower_bound=1)
+    eval_every: int = option(
+        1, "Evaluate the federated model on the test and val sets every N rounds.", lower_bound=1
+    )
     baselines: tuple[str, ...] = option(
         (),
         f"Comma-separated baselines trained in the same run: {', '.join(BASELINES)}.",
         choices=BASELINES,
+    )
+    select: str = option(
+        "best_val",
+        "Which round each result (federated, each local-only baseline, centralized) reports: "
+        "best_val = the round with the highest validation-split AUC, the earliest of ties "
+        "(MedMNIST's protocol; the federated model is scored on val at its --eval_every rounds), "
+        "final = the last round. summary.json also holds the last round's test metrics.",
+        choices=SELECTIONS,
     )
     output_dir: str = option(
         "",
@@ -458,7 +472,7 @@ def _check_privacy(c: ExperimentConfig) -> None:
     )
     _check(
         c.dp_delta == 0 or 0 < c.dp_delta < 1,
-        f"--dp_delta must be in (0, 1), or 0 for 1/N_train; got {c.dp_delta}",
+        f"--dp_delta must be in (0, 1), or 0 for 1/num_clients^1.1; got {c.dp_delta}",
     )
     aggregators = _lib("aggregators")
     try:

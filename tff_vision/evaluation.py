@@ -10,7 +10,9 @@ so repeated evaluations of one model do not retrace).
 Metrics: accuracy, macro one-vs-rest ROC AUC, mean sparse categorical
 cross-entropy, the confusion matrix and, for label-excluding partitions, each
 client's "subset accuracy": the accuracy on the test examples whose true class
-is one that client holds.
+is one that client holds. `evaluate_logits` computes them all from stored
+logits, bit-identically to `evaluate`; `bootstrap_intervals` gives seeded
+percentile-bootstrap intervals of accuracy and macro AUC over the examples.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from sklearn import metrics as sk_metrics
 from tff_vision import client_data
 
 DEFAULT_BATCH_SIZE = 256
+BOOTSTRAP_RESAMPLES = 1000
+_BOOTSTRAP_BLOCK = 100  # Resamples ranked at once: bounds memory for large test splits.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +46,8 @@ class EvalResult:
             test examples whose true class that client holds (see
             `subset_accuracy`); empty when no client classes were given.
         num_examples: Number of test examples.
+        logits: float32 `[num_examples, num_classes]`, the model's outputs the
+            metrics come from (`evaluate_logits` gives them back exactly).
     """
 
     accuracy: float
@@ -50,6 +56,7 @@ class EvalResult:
     confusion: np.ndarray
     per_client_subset_accuracy: dict[str, float]
     num_examples: int
+    logits: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         """Flat scalar metrics for CSV / TensorBoard rows (no confusion matrix).
@@ -246,6 +253,22 @@ def evaluate(
             f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
         )
     logits = predict_logits(model, images, batch_size)
+    return evaluate_logits(logits, labels, num_classes, client_classes)
+
+
+def evaluate_logits(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    client_classes: Sequence[Sequence[int]] | None = None,
+) -> EvalResult:
+    """The `EvalResult` of a model whose outputs on the split were `logits` `[N, num_classes]`.
+
+    `evaluate` computes its metrics here, so a model's stored float32 logits
+    give back exactly the metrics of its evaluation.
+    """
+    labels = _flat_labels(labels, len(logits))
+    logits = np.asarray(logits, np.float32)
     if logits.shape != (len(labels), num_classes):
         raise ValueError(
             f"model output shape {logits.shape} != ({len(labels)}, {num_classes}) expected"
@@ -260,4 +283,92 @@ def evaluate(
         confusion=confusion.astype(np.int64),
         per_client_subset_accuracy=subsets,
         num_examples=len(labels),
+        logits=logits,
     )
+
+
+def bootstrap_intervals(
+    labels: np.ndarray,
+    logits: np.ndarray,
+    *,
+    seed: int,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
+    """Percentile-bootstrap intervals of accuracy and macro AUC over the examples.
+
+    Each of `resamples` resamples draws N example indices with replacement
+    (numpy `default_rng(seed)`: the same seed and N give the same resamples,
+    so arms scored on one split are resampled alike) and recomputes accuracy
+    and `macro_auc` (from ranks, all resamples at once; equal to `macro_auc`
+    of the resample up to rounding; a resample with fewer than 2 classes has
+    no AUC and is left out). The interval is the central `level` of the
+    resampled values.
+
+    Returns:
+        `{"accuracy": [lo, hi], "auc": [lo, hi]}`; NaN bounds where undefined.
+    """
+    logits = np.asarray(logits)
+    labels = _flat_labels(labels, len(logits))
+    if len(labels) == 0 or resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"need examples, resamples >= 1 and 0 < level < 1, got {level}")
+    probs = softmax(logits)
+    correct = logits.argmax(axis=-1) == labels
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, len(labels), size=(resamples, len(labels)))
+    accuracy = correct[indices].mean(axis=1)
+    auc = np.concatenate(
+        [
+            _resampled_macro_auc(labels, probs, indices[i : i + _BOOTSTRAP_BLOCK])
+            for i in range(0, resamples, _BOOTSTRAP_BLOCK)
+        ]
+    )
+    tail = 50.0 * (1.0 - level)
+    return {"accuracy": _percentiles(accuracy, tail), "auc": _percentiles(auc, tail)}
+
+
+def _percentiles(values: np.ndarray, tail: float) -> list[float]:
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return [float("nan"), float("nan")]
+    return [float(v) for v in np.percentile(values, [tail, 100.0 - tail])]
+
+
+def _resampled_macro_auc(labels: np.ndarray, probs: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """`macro_auc` of each resample `labels[indices[b]]`, `probs[indices[b]]`, vectorized.
+
+    A resample is the count of each example in it. One-vs-rest AUC of class c
+    is then the Mann-Whitney statistic over the examples sorted once by
+    `probs[:, c]`: count-weighted pairs (positive, negative) ranked right, ties
+    counting one half, over all pairs; this equals the ROC area sklearn computes.
+    """
+    blocks, n = indices.shape
+    offsets = (np.arange(blocks) * n)[:, None]
+    counts = np.bincount((indices + offsets).ravel(), minlength=blocks * n).reshape(blocks, n)
+    counts = counts.astype(np.float64)
+    num_classes = probs.shape[1]
+    present = sum(counts[:, labels == c].sum(axis=1) > 0 for c in range(num_classes))
+    aucs = np.stack(
+        [_weighted_auc(labels == c, probs[:, c], counts) for c in _auc_classes(num_classes)]
+    )
+    defined = np.isfinite(aucs)  # The classes present in the resample (all, if 2 or more).
+    auc = np.where(defined, aucs, 0.0).sum(axis=0) / np.maximum(defined.sum(axis=0), 1)
+    return np.where(present >= 2, auc, np.nan)
+
+
+def _auc_classes(num_classes: int) -> range:
+    """The classes `macro_auc` averages over: class 1 alone for a binary task."""
+    return range(1, 2) if num_classes == 2 else range(num_classes)
+
+
+def _weighted_auc(positive: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """ROC AUC of `scores` for `positive` `[N]` under each row of example counts `[B, N]`."""
+    order = np.argsort(scores, kind="stable")
+    _, starts = np.unique(scores[order], return_index=True)  # Groups of tied scores.
+    sorted_counts, sorted_positive = counts[:, order], positive[order]
+    pos = np.add.reduceat(sorted_counts * sorted_positive, starts, axis=1)
+    neg = np.add.reduceat(sorted_counts * ~sorted_positive, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # Negatives scored lower than each group.
+    wins = (pos * (below + 0.5 * neg)).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return wins / (pos.sum(axis=1) * neg.sum(axis=1))

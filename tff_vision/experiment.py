@@ -8,15 +8,21 @@ directory:
 
     flags.json            the config (a rerun must match it to resume)
     partition.csv         client x class counts
-    metrics.csv           one row per round; eval_* columns on eval rounds (with
-                          --aggregator=dp, eval_epsilon: epsilon after that round)
+    metrics.csv           one row per round; on eval rounds eval_* (test) and val_*
+                          (validation) columns (with --aggregator=dp, eval_epsilon:
+                          epsilon after that round)
     tb/                   TensorBoard logs
-    checkpoints/          federated process state per round, baseline checkpoints
-    baselines/*.json      final metrics of each finished baseline
-    summary.json          final metrics of everything (written last); "algorithm" holds
-                          the settings the algorithm ran with, "privacy" (--aggregator=dp)
-                          the (epsilon, delta) guarantee
+    checkpoints/          federated process state per round, baseline checkpoints,
+                          selected/<arm>.npz: the round each arm reports so far
+    baselines/<name>.csv  one row per round of that baseline: train and val metrics
+    baselines/<name>.json the result of each finished baseline
+    summary.json          the results of every arm at the round --select chose, with
+                          95% intervals and the last round's metrics beside (written
+                          last); "algorithm" holds the settings the algorithm ran
+                          with, "privacy" (--aggregator=dp) the (epsilon, delta) guarantee
     curves.png, confusion_matrix.png
+    .lock                 held by the running process (its PID inside): a second run
+                          on the same directory stops with a one-line error
 
 Every file is written atomically, so a killed run leaves no half-written
 result, and a rerun with the same output directory resumes where it stopped.
@@ -33,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tff_vision import data as data_lib
-from tff_vision import devices, fileio
+from tff_vision import devices, dirlock, fileio
 from tff_vision import partition as partition_lib
 from tff_vision.config import ConfigError, ExperimentConfig
 
@@ -137,13 +143,34 @@ def run_experiment(
 
 
 def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any]:
-    """Runs an experiment whose input `setup` has validated, stage by stage; returns the summary."""
+    """Runs an experiment whose input `setup` has validated; returns the summary.
+
+    The output dir's lock (`dirlock`) is held from before the first write to
+    after summary.json, so a second run on the same dir stops instead of
+    overwriting this one's checkpoints and metrics.
+
+    Raises:
+        ConfigError: If another process is running in the output dir.
+    """
+    try:
+        lock = dirlock.DirectoryLock(s.output_dir)
+    except dirlock.DirectoryLocked as e:
+        raise ConfigError(
+            f"--output_dir={s.output_dir} is in use by another run (pid {e.pid}); "
+            "wait for it to end (rerunning then resumes it) or use another --output_dir"
+        ) from None
+    with lock:
+        return _run_stages(s, printer)
+
+
+def _run_stages(s: Setup, printer: Callable[[str], None]) -> dict[str, Any]:
+    """Runs the stages in order; returns the summary."""
     # The stages import TF and TFF at their top: imported on use, as `build_model` does.
     from tff_vision import (  # pylint: disable=g-import-not-at-top
         baselines,
-        evaluation,
         federated_stage,
         outputs,
+        selection,
     )
 
     start = time.monotonic()
@@ -152,16 +179,10 @@ def run_setup(s: Setup, printer: Callable[[str], None] = print) -> dict[str, Any
     outputs.write_start(config, dataset, partition, out, machine, printer)
     parts = federated_stage.build_parts(config, dataset, partition, printer)
     build = functools.partial(build_model, config, dataset)
-    evaluate = functools.partial(
-        evaluation.evaluate,
-        images=dataset.test.images,
-        labels=dataset.test.labels,
-        num_classes=dataset.num_classes,
-        client_classes=partition.client_classes,
-    )
-    fed = federated_stage.run_federated(config, parts, build, evaluate, out, printer)
+    held_out = selection.held_out(dataset, partition.client_classes, config.seed)
+    fed = federated_stage.run_federated(config, parts, build, held_out, out, printer)
     jobs = baselines.baseline_jobs(config, dataset, parts.data)
-    results = baselines.run_baselines(config, jobs, build, evaluate, parts.schedule, out, printer)
+    results = baselines.run_baselines(config, jobs, build, held_out, parts.schedule, out, printer)
     return outputs.write_summary(
         config,
         dataset,

@@ -19,7 +19,16 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision import aggregators, algorithms, client_data, evaluation, privacy, runtime, training
+from tff_vision import (
+    aggregators,
+    algorithms,
+    client_data,
+    evaluation,
+    privacy,
+    runtime,
+    selection,
+    training,
+)
 from tff_vision.algorithms import keras_model
 from tff_vision.config import ConfigError, ExperimentConfig
 from tff_vision.data import ImageDataset
@@ -96,7 +105,7 @@ def build_parts(
     )
     settings = algorithm_settings(config, server, data.steps)
     printer("algorithm: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "steps"))
-    accounting = _accounting(config, len(dataset.train), printer)
+    accounting = _accounting(config, printer)
     return FederatedParts(
         data, schedule, client_optimizer, server, aggregator, accounting, settings
     )
@@ -117,24 +126,18 @@ def _client_optimizer(config: ExperimentConfig, schedule) -> Any:
     return client_optimizer
 
 
-def _accounting(
-    config: ExperimentConfig, train_examples: int, printer: Printer
-) -> privacy.PrivacyAccounting | None:
+def _accounting(config: ExperimentConfig, printer: Printer) -> privacy.PrivacyAccounting | None:
     """The privacy accountant of --aggregator=dp (None otherwise); prints the planned epsilon."""
     if config.aggregator != "dp":
         return None
     accounting = privacy.PrivacyAccounting(
         noise_multiplier=config.dp_noise_multiplier,
-        sampling_rate=privacy.sampling_rate(config.clients_per_round, config.num_clients),
-        delta=config.dp_delta or privacy.default_delta(train_examples),
+        num_clients=config.num_clients,
+        clients_per_round=config.clients_per_round,
+        delta=config.dp_delta or None,  # None: the client-level default.
         accountant=config.dp_accountant,
     )
-    printer(
-        f"DP: noise multiplier {accounting.noise_multiplier}, clip {config.dp_clip}, "
-        f"sampling rate {accounting.sampling_rate:.4g}: epsilon after {config.rounds} "
-        f"rounds {accounting.epsilon(config.rounds):.4g} at delta {accounting.delta:.3g} "
-        f"({accounting.accountant})"
-    )
+    printer(accounting.describe(config.rounds, config.dp_clip))
     return accounting
 
 
@@ -166,16 +169,18 @@ def run_federated(
     config: ExperimentConfig,
     parts: FederatedParts,
     build_model: Callable[[], tf.keras.Model],
-    evaluate: EvalFn,
+    held_out: selection.HeldOut,
     out: pathlib.Path,
     printer: Printer,
 ) -> training.FederatedOutcome:
     """Builds the process and trains it for --rounds (resuming), on the configured workers.
 
-    `build_model` returns the experiment's freshly initialized Keras model and
-    `evaluate` scores one on the test set; with DP each evaluation also
-    records epsilon after its round.
+    `build_model` returns the experiment's freshly initialized Keras model;
+    each evaluation scores it on `held_out`'s test and val splits (with DP,
+    the test evaluation also records epsilon after its round) and the round
+    reported is chosen by --select.
     """
+    evaluate: EvalFn = held_out.evaluate_test
     if parts.accounting is not None:
         evaluate = with_epsilon(evaluate, parts.accounting, parts.data, config.rounds)
     _start_execution_context(config, out, printer)
@@ -207,6 +212,9 @@ def run_federated(
             eval_every=config.eval_every,
             printer=printer,
             restart_workers_every=config.restart_workers_every,
+            selection=selection.Selection(
+                config.select, held_out, out / "checkpoints" / "selected" / "federated.npz"
+            ),
         )
         return trainer.run()
     finally:

@@ -2,8 +2,10 @@
 
 At the start, `write_start`: flags.json (the settings a rerun must match to
 resume), partition.csv and partition.png, and the header lines. At the end,
-`write_summary`: curves.png, confusion_matrix.png, then summary.json, written
-last, so that its presence means the run finished, and the closing lines.
+`write_summary`: curves.png, confusion_matrix.png (the federated model of the
+round reported), then summary.json, written last, so that its presence means
+the run finished, and the closing lines: each result at the round --select
+chose, with its 95% bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -48,8 +50,30 @@ def write_start(
 
 
 def format_result(result: dict[str, Any]) -> str:
-    """A result's test accuracy and AUC, as progress and closing lines show them."""
-    return f"test_acc {result['test_accuracy']:.4f}  test_auc {result['test_auc']:.4f}"
+    """A result's test accuracy and AUC, with their 95% intervals where known.
+
+    E.g. ``test_acc 0.5625 [0.515, 0.610]  test_auc 0.7410 [0.712, 0.770]``.
+    """
+    ci = result.get("ci95") or {}
+    parts = []
+    for key, short in (("test_accuracy", "test_acc"), ("test_auc", "test_auc")):
+        text = f"{short} {_number(result.get(key), 4)}"
+        if key in ci:
+            text += f" [{_number(ci[key][0], 3)}, {_number(ci[key][1], 3)}]"
+        parts.append(text)
+    return "  ".join(parts)
+
+
+def selection_text(result: dict[str, Any]) -> str:
+    """Which round a result is from: "selected round 14 on val AUC" or "final round"."""
+    if result.get("select", "final") == "final" or "selected_round" not in result:
+        return "final round"
+    return f"selected round {result['selected_round']} on val AUC"
+
+
+def _number(value: float | None, digits: int) -> str:
+    """`value` with `digits` decimals; "nan" for an undefined metric (None in JSON)."""
+    return "nan" if value is None else f"{value:.{digits}f}"
 
 
 def write_summary(
@@ -71,7 +95,7 @@ def write_summary(
     `started` is the run's `time.monotonic()` start. A Ctrl-C swallowed on the
     way (e.g. by a plot) still raises here, so an interrupted run has no summary.
     """
-    summary: dict[str, Any] = {"federated": {**fed.final_eval.summary(), "rounds": fed.rounds}}
+    summary: dict[str, Any] = {"federated": {**fed.summary, "rounds": fed.rounds}}
     summary["algorithm"] = algorithm
     if privacy is not None:
         summary["privacy"] = privacy
@@ -97,7 +121,7 @@ def write_summary(
         "client_classes": {str(i): c for i, c in enumerate(partition.client_classes)},
         "client_examples": {str(i): int(n) for i, n in enumerate(partition.sizes)},
     }
-    summary["confusion_matrix"] = fed.final_eval.confusion.tolist()
+    summary["confusion_matrix"] = fed.selected_eval.confusion.tolist()
     summary["device"] = device
     interrupts.raise_if_interrupted()
     fileio.write_json_atomic(out / "summary.json", summary)
@@ -123,10 +147,10 @@ def _plot_results(
     }
     plots.plot_curves(metrics, out / "curves.png", baselines=lines, title=_title(config))
     plots.plot_confusion_matrix(
-        fed.final_eval.confusion,
+        fed.selected_eval.confusion,
         dataset.class_names,
         out / "confusion_matrix.png",
-        title=f"{config.algorithm}, round {fed.rounds}",
+        title=f"{config.algorithm}, round {fed.summary.get('selected_round', fed.rounds)}",
     )
 
 
@@ -138,19 +162,25 @@ def _title(config: ExperimentConfig) -> str:
 
 
 def final_report(summary: dict[str, Any]) -> str:
-    """The closing lines: every result, the privacy guarantee, the wall time."""
+    """The closing lines: every result at its reported round, the privacy guarantee, the wall time.
+
+    E.g. ``federated (20 rounds, selected round 14 on val AUC): test_acc 0.5625
+    [0.515, 0.610]  test_auc 0.7410 [0.712, 0.770]``.
+    """
     fed = summary["federated"]
-    lines = [f"federated ({fed['rounds']} rounds): {format_result(fed)}"]
+    lines = [f"federated ({fed['rounds']} rounds, {selection_text(fed)}): {format_result(fed)}"]
     for cid, r in summary.get("local_only", {}).items():
-        lines.append(f"local-only client {cid}: {format_result(r)}")
+        lines.append(f"local-only client {cid} ({selection_text(r)}): {format_result(r)}")
     if "centralized" in summary:
-        lines.append(f"centralized: {format_result(summary['centralized'])}")
+        c = summary["centralized"]
+        lines.append(f"centralized ({selection_text(c)}): {format_result(c)}")
     if "privacy" in summary:
         p = summary["privacy"]
         lines.append(
             f"privacy: epsilon {p['epsilon']:.4g} at delta {p['delta']:.3g} after "
             f"{p['rounds']} rounds (noise multiplier {p['noise_multiplier']}, "
             f"sampling rate {p['sampling_rate']:.4g}, {p['accountant']})"
+            + (f"; warning: {p['warning']}" if p.get("warning") else "")
         )
     lines.append(f"wall time {summary['wall_seconds']:.0f} s")
     return "\n".join(lines)

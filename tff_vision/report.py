@@ -1,4 +1,4 @@
-"""Tables and plots of a sweep (see `tff_vision.sweep`): a row per finished cell, seed means.
+"""Tables and plots of a sweep (see `tff_vision.sweep`): seed means, their uncertainty, verdicts.
 
 Design
 ------
@@ -9,18 +9,25 @@ federated model's final test metrics; `load_cells` puts them into a DataFrame
 with one row per cell. Unfinished cells are left out and counted in a note.
 
 `aggregate` groups that frame by (model, partition, algorithm) with pandas and
-gives n, mean and standard deviation (``ddof=1``; undefined, so not shown, for
-a single seed) of every metric. `results_table` lays the aggregate out with one
-row per (model, partition) and one column group per algorithm, and names the
-best algorithm of each row by the chosen metric (highest accuracy or AUC,
-lowest loss; ties all count). Rows, columns and bars follow the grid's order as
+gives n, mean, standard deviation (``ddof=1``) and the 95% t-interval of the
+mean of every metric (the last two undefined, so not shown, for a single
+seed). `results_table` lays the aggregate out with one row per (model,
+partition) and one column group per algorithm. A row names a best algorithm
+by the chosen metric only when the data show one: test metrics over a few
+hundred images move by a few points from seed to seed, so a higher mean alone
+proves nothing. Cells of one seed share partition and initialization, so
+algorithms are compared in pairs by seed, and the best must beat every other
+algorithm of the row with the 95% t-interval of the mean paired difference
+excluding 0 (`compare_algorithms`); otherwise the row is a tie, and one seed
+gives no comparison. Rows, columns and bars follow the grid's order as
 recorded in sweep.json (partitions as first given), not alphabetical order.
 
 `write_report` writes everything into ``<sweep_dir>/report/``:
 
     cells.csv             one row per finished cell
-    aggregate.csv         n / mean / std per (model, partition, algorithm), numeric
-    table.csv, table.md   "mean ± std" cells, best algorithm per row (column / bold)
+    aggregate.csv         n / mean / std / 95% CI per (model, partition, algorithm), numeric
+    table.csv, table.md   "mean ± std" and "[95% CI]" cells; per row the paired verdict:
+                          best (column / bold) or tie, and why (comparison column)
     accuracy_vs_alpha.png dirichlet:ALPHA cells: metric vs alpha (log x), a line per algorithm
     accuracy_vs_k.png     classes:K cells: metric vs K
     algorithms.png        grouped bars: partition x algorithm, std error bars
@@ -42,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from tff_vision import fileio, plots, sweep
 from tff_vision import partition as partition_lib
@@ -68,6 +76,7 @@ CELL_COLUMNS = (
     "wall_seconds",
 )
 _TABLE_METRICS = ("test_accuracy", "test_auc")
+CONFIDENCE = 0.95  # Of every interval and paired comparison in the report.
 _MISSING = "–"
 
 
@@ -181,18 +190,31 @@ def grid_order(sweep_dir: os.PathLike | str, frame: pd.DataFrame) -> dict[str, l
 # Aggregation and tables.
 
 
-def aggregate(frame: pd.DataFrame, order: dict[str, list] | None = None) -> pd.DataFrame:
-    """n, mean and std (ddof=1) over seeds per (model, partition, algorithm), as columns.
+def t_interval(values: Sequence[float], level: float = CONFIDENCE) -> tuple[float, float]:
+    """The `level` t-interval of the mean of `values` (NaNs for fewer than two values)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return math.nan, math.nan
+    half = (
+        stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    )
+    return float(values.mean() - half), float(values.mean() + half)
 
-    Columns: model, partition, algorithm, n, then ``<metric>_mean`` and
-    ``<metric>_std`` for each of `METRICS` (std is NaN for n = 1). Rows are in
-    `order` (default: first appearance in `frame`).
+
+def aggregate(frame: pd.DataFrame, order: dict[str, list] | None = None) -> pd.DataFrame:
+    """n, mean, std (ddof=1) and 95% t-interval over seeds per (model, partition, algorithm).
+
+    Columns: model, partition, algorithm, n, then ``<metric>_mean``,
+    ``<metric>_std``, ``<metric>_ci_low`` and ``<metric>_ci_high`` for each of
+    `METRICS` (NaN for n = 1). Rows are in `order` (default: first appearance in `frame`).
     """
     keys = ["model", "partition", "algorithm"]
     spec = {"n": ("seed", "nunique")}
     for metric in METRICS:
         spec[f"{metric}_mean"] = (metric, "mean")
         spec[f"{metric}_std"] = (metric, lambda s: s.std(ddof=1))
+        spec[f"{metric}_ci_low"] = (metric, lambda s: t_interval(s.dropna())[0])
+        spec[f"{metric}_ci_high"] = (metric, lambda s: t_interval(s.dropna())[1])
     agg = frame.groupby(keys, sort=False).agg(**spec).reset_index()
     order = order or {k: list(dict.fromkeys(frame[k])) for k in keys}
     for key in keys:
@@ -211,12 +233,66 @@ def _mean_std(mean: float, std: float) -> str:
     return f"{mean:.3f} ± {std:.3f}"
 
 
-def _best(row_values: dict[str, float], higher: bool) -> list[str]:
-    finite = {k: v for k, v in row_values.items() if v is not None and np.isfinite(v)}
-    if not finite:
-        return []
-    target = max(finite.values()) if higher else min(finite.values())
-    return [k for k, v in finite.items() if math.isclose(v, target, rel_tol=0, abs_tol=1e-12)]
+def _interval(low: float, high: float) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return _MISSING
+    return f"[{low:.3f}, {high:.3f}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """A row's verdict: `best` (an algorithm, or "" for a tie or too few seeds) and why."""
+
+    best: str
+    note: str
+
+
+def _paired(a: pd.Series, b: pd.Series) -> tuple[int, float, float, float]:
+    """(n, mean, low, high) of a - b over the seeds both have, with its 95% t-interval."""
+    diff = (a - b).dropna()
+    low, high = t_interval(diff)
+    return len(diff), float(diff.mean()) if len(diff) else math.nan, low, high
+
+
+def compare_algorithms(values: dict[str, pd.Series], metric: str) -> Comparison:
+    """The best algorithm of a row by `metric`, only if it beats each other one across seeds.
+
+    `values` maps algorithm -> `metric` by seed. Cells of one seed share the
+    partition and initialization, so they are compared in pairs: an algorithm
+    is best if, against every other one, the 95% t-interval of the mean paired
+    difference excludes 0 in its favour. Otherwise the row is a tie (or, below
+    two shared seeds, has no comparison at all).
+    """
+    name, higher = METRICS[metric][0], METRICS[metric][1]
+    values = {a: v.dropna() for a, v in values.items() if len(v.dropna())}
+    if len(values) < 2:
+        return Comparison("", f"only {', '.join(values) or 'no algorithm'}: nothing to compare")
+    order = sorted(values, key=lambda a: -values[a].mean() if higher else values[a].mean())
+    pairs = {(a, b): _paired(values[a], values[b]) for a in values for b in values if a != b}
+
+    def beats(a: str, b: str) -> bool:
+        n, _, low, high = pairs[(a, b)]
+        return n >= 2 and (low > 0 if higher else high < 0)
+
+    def describe(a: str, b: str) -> str:
+        n, mean, low, high = pairs[(a, b)]
+        return (
+            f"{a} − {b} {name} {mean:+.3f}, 95% CI [{low:+.3f}, {high:+.3f}] over {n} paired seeds"
+        )
+
+    for a in order:
+        if all(beats(a, b) for b in values if b != a):
+            rival = next(b for b in order if b != a)
+            return Comparison(a, f"{a} is best: {describe(a, rival)}")
+    leader = order[0]
+    rival = next(b for b in order[1:] if not beats(leader, b))
+    n = pairs[(leader, rival)][0]
+    if n < 2:
+        return Comparison(
+            "", f"no best: {n} paired seed(s) of {leader} and {rival}; comparing needs 2 or more"
+        )
+    tied = [leader] + [b for b in order[1:] if not beats(leader, b)]
+    return Comparison("", f"tie ({', '.join(tied)}): {describe(leader, rival)} includes 0")
 
 
 def table_metrics(metric: str) -> list[str]:
@@ -224,17 +300,19 @@ def table_metrics(metric: str) -> list[str]:
     return list(_TABLE_METRICS) + ([metric] if metric not in _TABLE_METRICS else [])
 
 
-def results_table(agg: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
-    """One row per (model, partition); per algorithm a "mean ± std" column per metric and n.
+def results_table(
+    agg: pd.DataFrame, cells: pd.DataFrame, metric: str = "test_accuracy"
+) -> pd.DataFrame:
+    """One row per (model, partition); per algorithm its metrics over seeds; the paired verdict.
 
     Columns: ``model``, ``partition``, then for each algorithm ``<algorithm>
-    <metric name>`` (e.g. ``fedavg accuracy``, ``fedavg AUC``) and
-    ``<algorithm> n``, then ``best``: the algorithm(s) with the best mean
-    `metric` in that row, comma-separated.
+    <metric name>`` ("mean ± std", e.g. ``fedavg accuracy``), ``<algorithm>
+    <metric name> 95% CI`` ("[low, high]", the t-interval of the mean) for
+    accuracy, AUC (and `metric`), and ``<algorithm> n``; then ``best`` (an
+    algorithm, or empty) and ``comparison`` (`compare_algorithms` on `cells`).
     """
     _check_metric(metric)
     shown = table_metrics(metric)
-    higher = METRICS[metric][1]
     algorithms = list(dict.fromkeys(agg["algorithm"]))
     rows = []
     for (model, part), group in agg.groupby(["model", "partition"], sort=False):
@@ -243,12 +321,19 @@ def results_table(agg: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFr
         for alg in algorithms:
             r = by_alg.get(alg)
             for m in shown:
-                row[f"{alg} {METRICS[m][0]}"] = (
-                    _mean_std(r[f"{m}_mean"], r[f"{m}_std"]) if r is not None else _MISSING
+                label = f"{alg} {METRICS[m][0]}"
+                row[label] = _mean_std(r[f"{m}_mean"], r[f"{m}_std"]) if r is not None else _MISSING
+                row[f"{label} 95% CI"] = (
+                    _interval(r[f"{m}_ci_low"], r[f"{m}_ci_high"]) if r is not None else _MISSING
                 )
             row[f"{alg} n"] = int(r["n"]) if r is not None else 0
-        means = {a: by_alg[a][f"{metric}_mean"] for a in algorithms if a in by_alg}
-        row["best"] = ",".join(_best(means, higher))
+        mine = cells[(cells["model"] == model) & (cells["partition"] == part)]
+        values = {
+            alg: sub.groupby("seed")[metric].mean()
+            for alg, sub in mine.groupby("algorithm", sort=False)
+        }
+        verdict = compare_algorithms(values, metric)
+        row["best"], row["comparison"] = verdict.best, verdict.note
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -268,20 +353,22 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 
 def markdown_report(table: pd.DataFrame, metric: str = "test_accuracy") -> str:
-    """The table as markdown: one block per model, algorithms as columns, best in bold.
+    """The table as markdown: one block per model, algorithms as columns, a proven best in bold.
 
     Each cell reads ``accuracy / AUC (n=seeds)`` (plus the loss if that is the
-    metric), each as ``mean ± std`` over seeds (mean only for one seed).
+    metric), each as ``mean ± std [95% CI]`` over seeds (mean only for one
+    seed); the last column gives each row's paired comparison.
     """
     shown = table_metrics(metric)
     algorithms = [c[: -len(" n")] for c in table.columns if c.endswith(" n")]
     names = " / ".join(f"test {METRICS[m][0]}" for m in shown)
-    better = "highest" if METRICS[metric][1] else "lowest"
     blocks = [
-        (
-            f"Final {names} of the federated model, mean ± std over seeds (n = seeds); "
-            f"**bold**: {better} mean {METRICS[metric][0]} in the row."
-        )
+        f"Final {names} of the federated model over seeds: mean ± std [95% t-interval of the "
+        f"mean] (n = seeds). **Bold**: the row's best {METRICS[metric][0]}, marked only where it "
+        "beats every other algorithm in a paired comparison across seeds (a seed gives every "
+        "algorithm the same partition and initialization; the 95% t-interval of the mean paired "
+        "difference excludes 0). Otherwise the row is a tie, or, with one seed, not compared: "
+        "see its comparison."
     ]
     for model, group in table.groupby("model", sort=False):
         display = pd.DataFrame({"partition": group["partition"].tolist()})
@@ -291,10 +378,15 @@ def markdown_report(table: pd.DataFrame, metric: str = "test_accuracy") -> str:
                 if not row[f"{alg} n"]:
                     texts.append(_MISSING)
                     continue
-                text = " / ".join(row[f"{alg} {METRICS[m][0]}"] for m in shown)
-                text = f"{text} (n={row[f'{alg} n']})"
-                texts.append(f"**{text}**" if alg in row["best"].split(",") else text)
+                parts = []
+                for m in shown:
+                    label = f"{alg} {METRICS[m][0]}"
+                    interval = row[f"{label} 95% CI"]
+                    parts.append(row[label] + (f" {interval}" if interval != _MISSING else ""))
+                text = f"{' / '.join(parts)} (n={row[f'{alg} n']})"
+                texts.append(f"**{text}**" if alg == row["best"] else text)
             display[alg] = texts
+        display["comparison"] = group["comparison"].tolist()
         blocks.append(f"### model: {model}\n\n{to_markdown(display)}")
     return "\n\n".join(blocks) + "\n"
 
@@ -439,7 +531,7 @@ def write_report(sweep_dir: os.PathLike | str, metric: str = "test_accuracy") ->
         )
     order = grid_order(sweep_dir, frame)
     agg = aggregate(frame, order)
-    table = results_table(agg, metric)
+    table = results_table(agg, frame, metric)
     markdown = markdown_report(table, metric)
     out = sweep_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)

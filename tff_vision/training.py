@@ -8,6 +8,9 @@ rewrites the CSV atomically and drops rows of rounds being redone, plus a
 `tff.program.FileProgramStateManager`. A rerun loads the latest saved state
 and carries on; since every random choice is derived from (seed, round,
 client), the resumed run computes exactly what an uninterrupted one would.
+With a `selection.Selection`, every evaluated round is also scored on the
+validation split (val_* columns) and offered to the selection, which keeps
+the round the federated model reports.
 
 The Keras baselines (local-only, pooled) have their own loop in
 `tff_vision.baselines`.
@@ -29,6 +32,7 @@ import tensorflow_federated as tff
 
 from tff_vision import evaluation, interrupts, runtime
 from tff_vision.progress import Progress
+from tff_vision.selection import Selection
 
 EvalFn = Callable[[tf.keras.Model], evaluation.EvalResult]
 
@@ -49,13 +53,20 @@ def _run_coroutine(coroutine):
 
 @dataclasses.dataclass
 class FederatedOutcome:
-    """What a federated run ended with."""
+    """What a federated run ended with.
+
+    `final_eval` is the last round's test evaluation; `summary` the federated
+    entry of summary.json (the round reported, see `Selection.report`) and
+    `selected_eval` that round's test evaluation.
+    """
 
     state: Any
     final_eval: evaluation.EvalResult
     rounds: int
     resumed_from: int
     seconds: float
+    summary: dict[str, Any]
+    selected_eval: evaluation.EvalResult
 
 
 class RoundStep:
@@ -114,6 +125,8 @@ class FederatedTrainer:
             fresh ones after every this many rounds
             (`runtime.restart_local_workers`; 0 = never): bounds the memory a
             long-running worker accumulates. Results do not change.
+        selection: Scores each evaluated round on the validation split and keeps
+            the round to report (None: no validation, the last round).
     """
 
     def __init__(
@@ -130,11 +143,13 @@ class FederatedTrainer:
         keep_checkpoints: int = 2,
         printer: Callable[[str], None] = print,
         restart_workers_every: int = 0,
+        selection: Selection | None = None,
     ):
         self.step = RoundStep(process, data, initial_weights, clients_per_round)
         self.rounds = rounds
         self.restart_workers_every = restart_workers_every
         self.eval_model, self.evaluate = eval_model, evaluate
+        self.selection = selection
         self.eval_every = max(1, eval_every)
         self.printer = printer
         output_dir = pathlib.Path(output_dir)
@@ -163,13 +178,19 @@ class FederatedTrainer:
         self.step.model_weights(state).assign_weights_to(self.eval_model)
         return self.evaluate(self.eval_model)
 
+    def _score(self, state) -> tuple[evaluation.EvalResult, evaluation.EvalResult | None]:
+        """Test, then (with a selection) val evaluation of `state`'s model."""
+        test = self.evaluate_state(state)
+        val = self.selection.held_out.evaluate_val(self.eval_model) if self.selection else None
+        return test, val
+
     def run(self) -> FederatedOutcome:
         start = time.monotonic()
         state, done = self.restore()
         if done:
             self.printer(f"[federated] resuming after round {done} from {self.checkpoint_dir}")
         progress = Progress("federated", self.rounds, printer=self.printer)
-        final_eval = None
+        final_eval = final_val = None
         for round_num in range(done + 1, self.rounds + 1):
             interrupts.raise_if_interrupted()
             t0 = time.monotonic()
@@ -178,8 +199,12 @@ class FederatedTrainer:
             row = _train_row(output.metrics)
             row["round_seconds"] = time.monotonic() - t0
             if round_num % self.eval_every == 0 or round_num == self.rounds:
-                final_eval = self.evaluate_state(state)
+                final_eval, final_val = self._score(state)
                 row.update(final_eval.as_dict(prefix="eval_"))
+                if final_val is not None:
+                    row.update(final_val.as_dict(prefix="val_"))
+                    # Before the round's checkpoint: a resumed run never skips an offer.
+                    self.selection.offer(round_num, final_val, final_eval)
             row["seconds"] = time.monotonic() - t0
             _run_coroutine(self._release(row, round_num))
             _run_coroutine(self.state_manager.save(state, round_num))
@@ -188,8 +213,13 @@ class FederatedTrainer:
                 self.printer(f"[federated] fresh TFF worker(s) after round {round_num}")
         interrupts.raise_if_interrupted()
         if final_eval is None:  # Nothing left to run: evaluate the restored final state.
-            final_eval = self.evaluate_state(state)
-        return FederatedOutcome(state, final_eval, self.rounds, done, time.monotonic() - start)
+            final_eval, final_val = self._score(state)
+        if self.selection is None:
+            summary, selected = final_eval.summary(), final_eval
+        else:
+            summary, selected = self.selection.report(self.rounds, final_eval, final_val)
+        seconds = time.monotonic() - start
+        return FederatedOutcome(state, final_eval, self.rounds, done, seconds, summary, selected)
 
     async def _release(self, row: dict[str, float], round_num: int) -> None:
         await self.csv.release(row, key=round_num)
@@ -211,5 +241,6 @@ def _progress_metrics(row: dict[str, float]) -> dict[str, float]:
         "train_accuracy": "acc",
         "eval_accuracy": "test_acc",
         "eval_auc": "test_auc",
+        "val_auc": "val_auc",
     }
     return {short: row[k] for k, short in keys.items() if k in row}

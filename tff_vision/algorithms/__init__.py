@@ -17,8 +17,17 @@ What each accepts is in `registry.py` (`ALGORITHM_INFO[name]`), whose
 scaffold, fednova and fedbn take no client learning-rate schedule; scaffold
 and fednova train clients with plain SGD (scaffold without momentum); fedbn
 needs BatchNorm; the dp aggregator works with fedavg, fedprox and the FedOpt
-variants only, and the secure one with those and fednova; scaffold and fedbn
-keep per-client state and run on one TFF worker.
+variants only, and the secure one with those and fednova, neither with
+BatchNorm; scaffold and fedbn keep per-client state and run on one TFF worker.
+
+With BatchNorm, every algorithm but fedbn ends each round by recomputing the
+global moving statistics for the new global model over the round's clients
+(`_batchnorm`), in a second pass over the clients, which does not split over
+TFF workers; the statistics travel beside the model update, outside DP noise
+and secure summation. Hence the refusals of BatchNorm with dp, secure and
+several workers. The chosen aggregator sees only the model update: FedNova's
+step counts and FedBN's local variables take a plain weighted mean
+(`_compose.ModelUpdateFactory`).
 """
 
 from __future__ import annotations

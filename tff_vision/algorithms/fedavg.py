@@ -6,6 +6,10 @@ broadcast global weights; the server averages the model deltas weighted by
 the number of examples each client trained on and applies the average as a
 pseudo-gradient with `server_optimizer` (SGD with learning rate 1.0 recovers
 plain FedAvg: new weights = example-weighted mean of the client weights).
+
+TFF's builder averages only the trainable weights; for a BatchNorm model,
+whose global moving statistics would stay at their initial values, each
+round ends by recomputing them over the round's clients (`_batchnorm`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 import tensorflow_federated as tff
 
-from tff_vision.algorithms import keras_model, optimizers
+from tff_vision.algorithms import _batchnorm, keras_model, optimizers
 
 # The clients' training loop: an iterator loop inside the client computation, not
 # `Dataset.reduce`, whose body (the whole training step) TF instantiates and optimizes anew
@@ -76,5 +80,6 @@ def build_fedavg(
             model_aggregator=model_aggregator,
             loop_implementation=LOOP_IMPLEMENTATION,
         )
+    process = _batchnorm.with_recomputed_statistics(process, model_fn)
     keras_model.restore_eager_keras_classes()
     return process

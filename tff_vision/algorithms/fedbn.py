@@ -424,8 +424,11 @@ def build_fedbn(
         local_layer_names: Names of the layers kept local, e.g.
             `tff_vision.models.normalization_layer_names(keras_model)`; by
             default every `gamma`/`beta`/`moving_mean`/`moving_variance`.
-        model_aggregator: Weighted aggregation factory; defaults to
-            `tff.aggregators.MeanFactory()`.
+        model_aggregator: Weighted aggregation factory of the shared-weight
+            updates; defaults to `tff.aggregators.MeanFactory()`. The local
+            variables' mean is a plain weighted mean whatever the factory
+            (`_compose.ModelUpdateFactory`): clipping, zeroing or quantizing
+            absolute parameter values would distort them.
         metrics_aggregator: Builds the training-metrics aggregation; defaults
             to `tff.learning.metrics.sum_then_finalize`.
 
@@ -446,10 +449,14 @@ def build_fedbn(
             local_layer_names=local_layer_names,
             metrics_aggregator=metrics_aggregator,
         ),
-        model_aggregator,
+        _compose.ModelUpdateFactory(
+            tff.aggregators.MeanFactory() if model_aggregator is None else model_aggregator,
+            SHARED_UPDATE,
+        ),
         server_optimizer,
         lambda optimizer, weights_type: build_fedbn_finalizer(
             optimizer, weights_type, local_trainable, local_non_trainable
         ),
+        recompute_batch_statistics=False,
     )
     return FedBNLearningProcess(process, num_clients, local_trainable, local_non_trainable)

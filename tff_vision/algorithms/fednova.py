@@ -132,19 +132,22 @@ class NormalizedAveragingFactory(tff.aggregators.WeightedAggregationFactory):
     """FedNova's server aggregation: `tau_eff * sum_i p_i d_i`.
 
     Takes client values `OrderedDict(normalized_update=d_i, local_steps=a_i)`
-    with weights `n_i`, averages both fields with the inner weighted factory
-    (weights `p_i = n_i / sum_j n_j` for the default mean) and returns the
-    normalized mean scaled by the effective number of steps `tau_eff =
-    sum_i p_i a_i`, shaped like `d_i`. Measurements: `effective_local_steps`
-    (`tau_eff`) and the inner process's measurements under `mean`.
+    with weights `n_i`, averages `d_i` with the inner weighted factory
+    (weights `p_i = n_i / sum_j n_j` for the default mean) and `a_i` with a
+    plain weighted mean (`_compose.ModelUpdateFactory`: the inner factory's
+    clipping, zeroing or quantization must not change the step counts), and
+    returns the normalized mean scaled by the effective number of steps
+    `tau_eff = sum_i p_i a_i`, shaped like `d_i`. Measurements:
+    `effective_local_steps` (`tau_eff`) and the inner process's measurements
+    under `mean`.
     """
 
     def __init__(self, inner_factory: tff.aggregators.WeightedAggregationFactory | None = None):
         """Initializes the factory.
 
         Args:
-            inner_factory: Weighted factory averaging `d_i` and `a_i`; defaults
-                to `tff.aggregators.MeanFactory()`.
+            inner_factory: Weighted factory averaging `d_i`; defaults to
+                `tff.aggregators.MeanFactory()`.
         """
         if inner_factory is None:
             inner_factory = tff.aggregators.MeanFactory()
@@ -161,7 +164,9 @@ class NormalizedAveragingFactory(tff.aggregators.WeightedAggregationFactory):
                 f"expected client values with fields ({NORMALIZED_UPDATE}, {LOCAL_STEPS}), "
                 f"got {value_type}"
             )
-        inner = self._inner_factory.create(value_type, weight_type)
+        inner = _compose.ModelUpdateFactory(self._inner_factory, NORMALIZED_UPDATE).create(
+            value_type, weight_type
+        )
         mean_type = inner.next.type_signature.result.result.member
 
         @tff.tensorflow.computation(mean_type)
@@ -215,8 +220,9 @@ def build_fednova(
         client_momentum: Local heavy-ball momentum `rho` in `[0, 1)` (0: plain
             SGD, the paper's main setting); the normalizer `a_i` accounts for it.
         model_aggregator: Weighted factory averaging the normalized updates
-            and step counts, wrapped by `NormalizedAveragingFactory`; defaults
-            to `tff.aggregators.MeanFactory()` (weights `p_i`).
+            (the step counts take a plain weighted mean), wrapped by
+            `NormalizedAveragingFactory`; defaults to
+            `tff.aggregators.MeanFactory()` (weights `p_i`).
         metrics_aggregator: Builds the training-metrics aggregation; defaults
             to `tff.learning.metrics.sum_then_finalize`.
 

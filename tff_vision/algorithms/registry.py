@@ -15,7 +15,7 @@ from typing import Any
 import tensorflow_federated as tff
 
 from tff_vision import aggregators as aggregators_lib
-from tff_vision.algorithms import fedbn, fednova, scaffold
+from tff_vision.algorithms import _batchnorm, fedbn, fednova, scaffold
 from tff_vision.algorithms.fedavg import build_fedavg
 from tff_vision.algorithms.fedopt import ServerOptimizerSpec, server_optimizer_spec
 from tff_vision.algorithms.fedprox import build_fedprox
@@ -58,6 +58,12 @@ class AlgorithmSpec:
         indexed_clients: `next` takes `(client_index, dataset)` pairs (the
             process keeps per-client state, see `_client_state`), so it needs
             `num_clients` and runs on one TFF worker.
+        recomputes_batch_statistics: Each round ends with the clients
+            sending the BatchNorm statistics of the new global model
+            (`_batchnorm`): outside DP noise and secure summation, so those
+            aggregators are refused with BatchNorm, and in a second client
+            pass, which does not split over TFF workers. False for FedBN,
+            whose normalization stays local.
     """
 
     name: str
@@ -70,6 +76,7 @@ class AlgorithmSpec:
     takes_secure: bool = True
     needs_proximal_strength: bool = False
     indexed_clients: bool = False
+    recomputes_batch_statistics: bool = True
 
     @property
     def takes_schedule(self) -> bool:
@@ -127,9 +134,17 @@ _SPECS = (
         fedbn.build_fedbn,
         ("client_optimizer", "num_clients"),
         norms=("batch",),
+        recomputes_batch_statistics=False,
         **_PER_CLIENT_STATE,
     ),
 )
+
+# What the DP and secure aggregators would leave unprotected: the BatchNorm statistics
+# that travel beside the update.
+_UNPROTECTED_STATISTICS = {
+    "dp": "release the clients' BatchNorm statistics without noise",
+    "secure": "sum the clients' BatchNorm statistics outside secure aggregation",
+}
 
 ALGORITHM_INFO: dict[str, AlgorithmSpec] = {spec.name: spec for spec in _SPECS}
 ALGORITHMS = tuple(ALGORITHM_INFO)
@@ -171,6 +186,18 @@ def check_combination(
             f"--aggregator={aggregator} does not work with {flag} "
             "(see tff_vision/algorithms/__init__.py); use fedavg, fedprox or a FedOpt variant"
         )
+    batch_statistics = norm == "batch" and spec.recomputes_batch_statistics
+    if batch_statistics and aggregator in _UNPROTECTED_STATISTICS:
+        raise ValueError(
+            f"--norm=batch with --aggregator={aggregator} would "
+            f"{_UNPROTECTED_STATISTICS[aggregator]}; use --norm=group"
+        )
+    if batch_statistics and distributed:
+        raise ValueError(
+            "--norm=batch recomputes the BatchNorm statistics in a second pass over each "
+            "round's clients, which TFF cannot split over workers; drop "
+            "--workers/--local_workers or use --norm=group"
+        )
     if spec.client_optimizers is not None and client_optimizer not in spec.client_optimizers:
         raise ValueError(
             f"{flag} trains clients with {' or '.join(spec.client_optimizers)}; "
@@ -184,19 +211,26 @@ def check_combination(
         )
 
 
-def _weighted_aggregator(spec: AlgorithmSpec, model_aggregator: Any) -> tuple[Any, bool]:
+def _weighted_aggregator(
+    spec: AlgorithmSpec, model_aggregator: Any, model_fn: Callable[[], Any]
+) -> tuple[Any, bool]:
     """`(weighted factory or None, uniform)` for `build_process`'s `model_aggregator`."""
     if isinstance(model_aggregator, aggregators_lib.Aggregator):
         model_aggregator = model_aggregator.factory
-    if isinstance(model_aggregator, aggregators_lib.SimulatedSecureFactory) and not (
-        spec.takes_secure
-    ):
+    secure = isinstance(model_aggregator, aggregators_lib.SimulatedSecureFactory)
+    if secure and not spec.takes_secure:
         raise ValueError(
             f"{spec.name} sends per-client values in the clear; secure sum hides nothing"
         )
     uniform = isinstance(model_aggregator, tff.aggregators.UnweightedAggregationFactory)
     if uniform and not spec.takes_dp:
         raise ValueError(f"{spec.name} cannot take an unweighted (DP) aggregator")
+    if (secure or uniform) and spec.recomputes_batch_statistics:
+        if _batchnorm.batchnorm_slots(model_fn):
+            raise ValueError(
+                f"{spec.name} sends the BatchNorm statistics of a model outside DP or "
+                "secure aggregation; use a model without BatchNorm"
+            )
     if uniform:
         model_aggregator = tff.aggregators.as_weighted_aggregator(model_aggregator)
     return model_aggregator, uniform
@@ -240,7 +274,9 @@ def build_process(
         num_clients: Total clients (scaffold and fedbn keep per-client state).
 
     Raises:
-        ValueError: For an unknown name or settings the algorithm cannot take.
+        ValueError: For an unknown name or settings the algorithm cannot take
+            (DP or secure aggregation of a BatchNorm model included, see
+            `AlgorithmSpec.recomputes_batch_statistics`).
     """
     if name not in ALGORITHM_INFO:
         raise ValueError(f"Unknown algorithm {name!r}; use one of {', '.join(ALGORITHMS)}")
@@ -251,7 +287,7 @@ def build_process(
         server_optimizer = server_optimizer_spec(name)
     if isinstance(server_optimizer, ServerOptimizerSpec):
         server_optimizer = server_optimizer.build()
-    model_aggregator, uniform = _weighted_aggregator(spec, model_aggregator)
+    model_aggregator, uniform = _weighted_aggregator(spec, model_aggregator, model_fn)
     if spec.needs_proximal_strength and not proximal_strength > 0:
         raise ValueError(f"{name} needs proximal_strength > 0, got {proximal_strength}")
     if spec.needs_client_learning_rate and client_learning_rate is None:

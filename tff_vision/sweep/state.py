@@ -17,11 +17,12 @@ import signal
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from tff_vision import fileio
+from tff_vision import dirlock, fileio
 from tff_vision.sweep.grid import Cell, SweepError
 
 STATUS_FILE = "sweep.json"
 LOG_FILE = "log.txt"
+LOCK_FILE = ".sweep.lock"
 STATUSES = ("done", "partial", "pending", "failed")
 
 _FORMAT_VERSION = 1
@@ -262,26 +263,13 @@ class SweepState:
 
 @contextlib.contextmanager
 def lock_sweep_dir(sweep_dir: os.PathLike | str) -> Iterator[None]:
-    """Holds an exclusive lock on the sweep dir; `SweepError` if another sweep has it."""
-    import fcntl  # pylint: disable=g-import-not-at-top
-
-    path = pathlib.Path(sweep_dir) / ".sweep.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            owner = f.read().strip() or "?"
-            raise SweepError(
-                f"another sweep (pid {owner}) is running in --sweep_dir={sweep_dir}; "
-                "wait for it to end or use another --sweep_dir"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """Holds the sweep dir's lock (`dirlock`); `SweepError` if another sweep has it."""
+    try:
+        lock = dirlock.DirectoryLock(sweep_dir, LOCK_FILE)
+    except dirlock.DirectoryLocked as e:
+        raise SweepError(
+            f"another sweep (pid {e.pid}) is running in --sweep_dir={sweep_dir}; "
+            "wait for it to end or use another --sweep_dir"
+        ) from None
+    with lock:
+        yield
