@@ -34,17 +34,6 @@ def _read_log(path):
     return pd.read_csv(path, float_precision="round_trip")
 
 
-def _expected_round(result, log):
-    """The round `result` must report, from its per-round log (metrics.csv, baselines/*.csv).
-
-    best_val: the round with the highest val AUC, the earliest of ties; final: the last round.
-    """
-    if result["select"] == "final":
-        return int(log["round"].iloc[-1])
-    scored = log[log["val_auc"].notna()]
-    return int(scored.loc[scored["val_auc"].idxmax(), "round"])
-
-
 class AlgorithmsRunTest(run_testing.RunnerTestCase):
     def test_dp_fedprox_with_local_steps_reports_privacy(self):
         out = self.tmp / "dp"
@@ -139,7 +128,7 @@ class AlgorithmsRunTest(run_testing.RunnerTestCase):
         ):
             self.assertGreater(section["test_auc"], 0.5)
             # The reported round is the one --select picks from the logged val metrics.
-            self.assertEqual(section["selected_round"], _expected_round(section, log))
+            self.assertEqual(section["selected_round"], run_testing.expected_round(section, log))
             chosen = log[log["round"] == section["selected_round"]].iloc[0]
             self.assertEqual(section["val_auc"], chosen["val_auc"])
             self.assertEqual(section["val_accuracy"], chosen["val_accuracy"])

@@ -14,6 +14,7 @@ import tempfile
 import fl_testing
 import numpy as np
 import pandas as pd
+import run_testing
 from absl.testing import absltest
 
 from tff_vision import baselines, selection
@@ -26,18 +27,6 @@ _ROUNDS = 4
 def _log(out):
     """The baseline's per-round CSV, floats read back exactly."""
     return pd.read_csv(out / "baselines" / "local_0.csv", float_precision="round_trip")
-
-
-class _Stop(KeyboardInterrupt):
-    pass
-
-
-def _stop_after_round(n):
-    def printer(line):
-        if line.startswith(f"[local_0] round {n}/"):  # Printed after the round's checkpoint.
-            raise _Stop()
-
-    return printer
 
 
 class BaselineSelectionTest(absltest.TestCase):
@@ -78,8 +67,8 @@ class BaselineSelectionTest(absltest.TestCase):
         self.assertEqual(full["val_auc"], log["val_auc"].max())
         self.assertEqual(full["final"]["round"], _ROUNDS)
 
-        with self.assertRaises(_Stop):
-            self._run(stopped_dir, printer=_stop_after_round(2))
+        with self.assertRaises(run_testing.Stop):
+            self._run(stopped_dir, printer=run_testing.stop_after_round("local_0", 2))
         # A row of a round trained but not checkpointed (a kill before the checkpoint):
         # the rerun redoes that round and replaces it.
         partial = _log(stopped_dir)

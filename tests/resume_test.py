@@ -48,18 +48,6 @@ CASES = {
 }
 
 
-class _Stop(KeyboardInterrupt):
-    pass
-
-
-def _stop_after_round(n):
-    def printer(line):
-        if line.startswith(f"[federated] round {n}/"):  # Printed after the round's checkpoint.
-            raise _Stop()
-
-    return printer
-
-
 class ResumeTest(run_testing.RunnerTestCase):
     def _config(self, case, out):
         return config_lib.config_from_dict(dict(_COMMON, **CASES[case], output_dir=str(out)))
@@ -70,10 +58,10 @@ class ResumeTest(run_testing.RunnerTestCase):
         full_dir, stopped_dir = self.tmp / f"{case}_full", self.tmp / f"{case}_stopped"
         full = experiment.run_setup(experiment.setup(self._config(case, full_dir)), printer=quiet)
 
-        with self.assertRaises(_Stop):
+        with self.assertRaises(run_testing.Stop):
             experiment.run_setup(
                 experiment.setup(self._config(case, stopped_dir)),
-                printer=_stop_after_round(_STOP_AFTER),
+                printer=run_testing.stop_after_round("federated", _STOP_AFTER),
             )
         self.assertEqual(runtime.find_workers(owner_pid=os.getpid()), [])
         self.assertFalse((stopped_dir / "summary.json").exists())

@@ -53,6 +53,34 @@ def start_runner(*flags: str, **popen_args) -> subprocess.Popen:
     )
 
 
+class Stop(KeyboardInterrupt):
+    """Raised by `stop_after_round` as if the run were killed there."""
+
+
+def stop_after_round(label: str, n: int):
+    """A printer that stops an in-process run once `[label] round n/...` is printed.
+
+    That line is printed after the round's checkpoint, so a rerun resumes after round n.
+    """
+
+    def printer(line):
+        if line.startswith(f"[{label}] round {n}/"):
+            raise Stop()
+
+    return printer
+
+
+def expected_round(result, log) -> int:
+    """The round `result` must report, from its per-round log (metrics.csv, baselines/*.csv).
+
+    best_val: the round with the highest val AUC, the earliest of ties; final: the last round.
+    """
+    if result["select"] == "final":
+        return int(log["round"].iloc[-1])
+    scored = log[log["val_auc"].notna()]
+    return int(scored.loc[scored["val_auc"].idxmax(), "round"])
+
+
 class RunnerTestCase(parameterized.TestCase):
     """A test class whose runs go under `self.tmp`, one temporary directory for the class."""
 
