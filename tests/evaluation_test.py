@@ -89,6 +89,15 @@ class EvaluateTest(parameterized.TestCase):
         self.assertAlmostEqual(result.per_client_subset_accuracy["0"], 3 / 5)
         self.assertEqual(result.per_client_subset_accuracy["1"], 1.0)
         self.assertTrue(np.isnan(result.per_client_subset_accuracy["2"]))
+        # Subset AUC: one-vs-rest over the classes present in the client's examples.
+        probs = _softmax(_numpy_logits(self.images, self.kernel, self.bias))
+        mask = np.isin(self.labels, [0, 1])
+        expected = np.mean(
+            [sk_metrics.roc_auc_score(self.labels[mask] == c, probs[mask, c]) for c in (0, 1)]
+        )
+        self.assertAlmostEqual(result.per_client_subset_auc["0"], expected, places=6)
+        self.assertTrue(np.isnan(result.per_client_subset_auc["1"]))  # One class only.
+        self.assertTrue(np.isnan(result.per_client_subset_auc["2"]))  # No examples.
 
     def test_as_dict_and_summary(self):
         result = evaluation.evaluate(
@@ -103,15 +112,24 @@ class EvaluateTest(parameterized.TestCase):
                 "eval_loss",
                 "eval_subset_accuracy/0",
                 "eval_subset_accuracy/1",
+                "eval_subset_auc/0",
+                "eval_subset_auc/1",
             },
         )
         self.assertEqual(row["eval_accuracy"], result.accuracy)
         summary = result.summary()
         self.assertEqual(
-            set(summary), {"test_accuracy", "test_auc", "test_loss", "per_client_subset_accuracy"}
+            set(summary),
+            {
+                "test_accuracy",
+                "test_auc",
+                "test_loss",
+                "per_client_subset_accuracy",
+                "per_client_subset_auc",
+            },
         )
         self.assertEqual(summary["per_client_subset_accuracy"], {"0": 3 / 5, "1": 1.0})
-        self.assertEqual(json.loads(json.dumps(summary)), summary)
+        np.testing.assert_equal(json.loads(json.dumps(summary)), summary)  # NaN == NaN
         self.assertTrue(all(type(v) is float for k, v in summary.items() if k.startswith("test_")))
 
     def test_summary_omits_empty_subsets(self):
@@ -144,7 +162,7 @@ class EvaluateTest(parameterized.TestCase):
         self.assertEqual(result.logits.dtype, np.float32)
         self.assertEqual(result.logits.shape, (6, 3))
         again = evaluation.evaluate_logits(result.logits, self.labels, 3, [[0, 1], [2]])
-        self.assertEqual(again.as_dict(), result.as_dict())
+        np.testing.assert_equal(again.as_dict(), result.as_dict())  # NaN == NaN
         np.testing.assert_array_equal(again.confusion, result.confusion)
 
     def test_empty_images_give_empty_logits(self):

@@ -2,6 +2,7 @@
 
 import pathlib
 import warnings
+from unittest import mock
 
 import matplotlib.figure
 import matplotlib.image
@@ -59,6 +60,25 @@ class PlotsTest(parameterized.TestCase):
         pixels = self.assertValidPng(path)
         self.assertGreater(pixels.shape[1], pixels.shape[0])  # two panels side by side
         self.assertOnlyFiles("curves.png")
+
+    def test_curves_show_test_and_val_and_the_reported_round(self):
+        metrics = _metrics().assign(
+            val_auc=lambda m: m["eval_auc"] - 0.1, val_loss=lambda m: m["eval_loss"] + 0.1
+        )
+        figures = []
+        with mock.patch.object(plots, "save_figure", lambda fig, path: figures.append(fig)):
+            plots.plot_curves(metrics, self.tmp / "c.png", selected_round=3)
+        acc_ax, loss_ax = figures[0].axes
+        self.assertEqual(
+            acc_ax.get_legend_handles_labels()[1],
+            ["train accuracy", "test accuracy", "test AUC", "val AUC", "reported round"],
+        )
+        self.assertEqual(
+            loss_ax.get_legend_handles_labels()[1],
+            ["train loss", "test loss", "val loss", "reported round"],
+        )
+        np.testing.assert_array_equal(acc_ax.lines[-1].get_xdata(), [3, 3])
+        plt.close(figures[0])
 
     @parameterized.named_parameters(
         ("train_only", pd.DataFrame({"round": [1, 2], "train_loss": [1.0, 0.5]})),
@@ -128,7 +148,7 @@ class PlotsTest(parameterized.TestCase):
             pathlib.Path(fname).write_bytes(_PNG_SIGNATURE + b"partial")
             raise OSError("disk full")
 
-        patch = absltest.mock.patch.object(
+        patch = mock.patch.object(
             matplotlib.figure.Figure, "savefig", autospec=True, side_effect=broken_savefig
         )
         with patch, self.assertRaisesRegex(OSError, "disk full"):

@@ -154,6 +154,14 @@ class ReportTest(parameterized.TestCase):
             places=5,
         )
 
+    def test_plot_error_bars_are_the_95_percent_intervals(self):
+        agg = self._three_seed_report().aggregate.set_index(["partition", "algorithm"])
+        bars = report._half_widths(agg, "test_accuracy")
+        self.assertAlmostEqual(bars[agg.index.get_loc(("iid", "fedavg"))], _HALF_3_SEEDS, places=5)
+        self.assertAlmostEqual(
+            bars[agg.index.get_loc(("dirichlet:0.1", "fedprox"))], _HALF_2_SEEDS, places=5
+        )
+
     def test_table_marks_a_paired_best_and_writes_every_file(self):
         result = self._three_seed_report()
         table = pd.read_csv(self.dir / "report" / "table.csv", keep_default_na=False)

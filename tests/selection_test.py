@@ -61,10 +61,10 @@ class SelectionTest(parameterized.TestCase):
         self.assertEqual(summary["selected_round"], 3)
         self.assertEqual(summary["select"], "best_val")
         self.assertEqual((summary["val_auc"], summary["val_accuracy"]), (0.8, 0.3))
-        self.assertEqual(test.as_dict(), _test_result(3).as_dict())
+        np.testing.assert_equal(test.as_dict(), _test_result(3).as_dict())
         expected = _test_result(3).summary()
-        self.assertEqual({k: summary[k] for k in expected}, expected)
-        self.assertEqual(summary["final"], {"round": 6, **_test_result(6).summary()})
+        np.testing.assert_equal({k: summary[k] for k in expected}, expected)
+        np.testing.assert_equal(summary["final"], {"round": 6, **_test_result(6).summary()})
         ci = summary["ci95"]
         self.assertEqual(set(ci), {"test_accuracy", "test_auc"})
         self.assertLessEqual(ci["test_accuracy"][0], summary["test_accuracy"])
@@ -88,7 +88,7 @@ class SelectionTest(parameterized.TestCase):
         self.assertEqual(resumed.kept.round, 3)
         self._offer_rounds(resumed, range(3, 7))
         final = (6, _test_result(6), _val_result(0.75))
-        self.assertEqual(resumed.report(*final)[0], uninterrupted.report(*final)[0])
+        np.testing.assert_equal(resumed.report(*final)[0], uninterrupted.report(*final)[0])
 
     def test_final_reports_the_last_round_and_keeps_nothing(self):
         chosen = selection.Selection("final", _held_out(), self.path)
@@ -99,9 +99,9 @@ class SelectionTest(parameterized.TestCase):
         self.assertEqual(summary["select"], "final")
         self.assertEqual((summary["val_auc"], summary["val_accuracy"]), (0.75, 0.6))
         expected = _test_result(6).summary()
-        self.assertEqual({k: summary[k] for k in expected}, expected)
-        self.assertEqual(summary["final"], {"round": 6, **expected})
-        self.assertEqual(test.as_dict(), _test_result(6).as_dict())
+        np.testing.assert_equal({k: summary[k] for k in expected}, expected)
+        np.testing.assert_equal(summary["final"], {"round": 6, **expected})
+        np.testing.assert_equal(test.as_dict(), _test_result(6).as_dict())
 
     def test_nan_val_auc_is_kept_only_without_a_better_round(self):
         chosen = selection.Selection("best_val", _held_out(), self.path)

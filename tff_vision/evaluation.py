@@ -45,6 +45,8 @@ class EvalResult:
         per_client_subset_accuracy: Client id ("0", "1", ...) -> accuracy on the
             test examples whose true class that client holds (see
             `subset_accuracy`); empty when no client classes were given.
+        per_client_subset_auc: Client id -> macro AUC on those examples (over
+            the classes present there; NaN for fewer than 2), or empty.
         num_examples: Number of test examples.
         logits: float32 `[num_examples, num_classes]`, the model's outputs the
             metrics come from (`evaluate_logits` gives them back exactly).
@@ -57,6 +59,7 @@ class EvalResult:
     per_client_subset_accuracy: dict[str, float]
     num_examples: int
     logits: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    per_client_subset_auc: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         """Flat scalar metrics for CSV / TensorBoard rows (no confusion matrix).
@@ -66,7 +69,8 @@ class EvalResult:
 
         Returns:
             `{prefix + "accuracy", prefix + "auc", prefix + "loss"}` plus
-            `prefix + "subset_accuracy/<client>"` for each client.
+            `prefix + "subset_accuracy/<client>"` and `prefix + "subset_auc/<client>"`
+            for each client.
         """
         row = {
             f"{prefix}accuracy": float(self.accuracy),
@@ -75,6 +79,8 @@ class EvalResult:
         }
         for client, value in self.per_client_subset_accuracy.items():
             row[f"{prefix}subset_accuracy/{client}"] = float(value)
+        for client, value in self.per_client_subset_auc.items():
+            row[f"{prefix}subset_auc/{client}"] = float(value)
         return row
 
     def summary(self) -> dict[str, Any]:
@@ -90,6 +96,10 @@ class EvalResult:
         if self.per_client_subset_accuracy:
             result["per_client_subset_accuracy"] = {
                 str(k): float(v) for k, v in self.per_client_subset_accuracy.items()
+            }
+        if self.per_client_subset_auc:
+            result["per_client_subset_auc"] = {
+                str(k): float(v) for k, v in self.per_client_subset_auc.items()
             }
         return result
 
@@ -221,6 +231,22 @@ def subset_accuracy(
     return result
 
 
+def subset_auc(
+    labels: np.ndarray, probs: np.ndarray, client_classes: Sequence[Sequence[int]]
+) -> dict[str, float]:
+    """Each client's `macro_auc` on the test examples of the classes it holds.
+
+    Returns:
+        `{str(i): auc}`; NaN for a client with fewer than 2 of its classes present.
+    """
+    labels = _flat_labels(labels, len(probs))
+    result = {}
+    for i, classes in enumerate(client_classes):
+        mask = np.isin(labels, np.asarray(list(classes), np.int64))
+        result[str(i)] = macro_auc(labels[mask], probs[mask]) if mask.any() else float("nan")
+    return result
+
+
 def evaluate(
     model: tf.keras.Model,
     images: np.ndarray,
@@ -265,25 +291,106 @@ def evaluate_logits(
     """The `EvalResult` of a model whose outputs on the split were `logits` `[N, num_classes]`.
 
     `evaluate` computes its metrics here, so a model's stored float32 logits
-    give back exactly the metrics of its evaluation.
+    give back exactly the metrics of its evaluation. Stacked logits
+    `[clients, N, num_classes]` of each client's own model give back their
+    `ClientModelsResult`.
     """
-    labels = _flat_labels(labels, len(logits))
     logits = np.asarray(logits, np.float32)
+    if logits.ndim == 3:
+        return client_models_result(
+            [evaluate_logits(x, labels, num_classes, client_classes) for x in logits]
+        )
+    labels = _flat_labels(labels, len(logits))
     if logits.shape != (len(labels), num_classes):
         raise ValueError(
             f"model output shape {logits.shape} != ({len(labels)}, {num_classes}) expected"
         )
     predictions = logits.argmax(axis=-1)
+    probs = softmax(logits)
     confusion = sk_metrics.confusion_matrix(labels, predictions, labels=range(num_classes))
-    subsets = subset_accuracy(labels, predictions, client_classes) if client_classes else {}
+    client_classes = client_classes or []
     return EvalResult(
         accuracy=float(np.mean(predictions == labels)),
-        auc=macro_auc(labels, softmax(logits)),
+        auc=macro_auc(labels, probs),
         loss=cross_entropy(labels, logits),
         confusion=confusion.astype(np.int64),
-        per_client_subset_accuracy=subsets,
+        per_client_subset_accuracy=subset_accuracy(labels, predictions, client_classes),
         num_examples=len(labels),
         logits=logits,
+        per_client_subset_auc=subset_auc(labels, probs, client_classes),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientModelsResult(EvalResult):
+    """Every client's own model scored on one split, for algorithms without one global model.
+
+    Under FedBN each client's model is the shared weights with its own
+    normalization layers; the model the server holds (shared weights with
+    averaged normalization) is used by no client, so it is not what is scored.
+    `accuracy`, `auc` and `loss` are the mean over clients of each client's own
+    model on the whole split (the convention of the FedBN paper's tables);
+    `per_client_subset_accuracy`/`_auc` give client k's own model on client
+    k's classes; `confusion` is summed over clients; `logits` are stacked
+    `[clients, N, num_classes]`.
+
+    Attributes:
+        clients: Client id -> its own model's `EvalResult` on the whole split.
+    """
+
+    clients: dict[str, EvalResult] = dataclasses.field(default_factory=dict, repr=False)
+
+    MODEL = "each client's own model (shared weights + its own normalization layers)"
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        """`EvalResult.as_dict` plus `prefix + "client/<k>/accuracy"` and `.../auc`."""
+        row = super().as_dict(prefix)
+        for client, result in self.clients.items():
+            row[f"{prefix}client/{client}/accuracy"] = float(result.accuracy)
+            row[f"{prefix}client/{client}/auc"] = float(result.auc)
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        """`EvalResult.summary`, saying which models the numbers come from, and each client's."""
+        result = super().summary()
+        result["model"] = self.MODEL
+        result["metrics_are"] = "mean over clients of each client's own model"
+        result["per_client"] = {
+            client: {
+                "test_accuracy": float(r.accuracy),
+                "test_auc": float(r.auc),
+                "subset_accuracy": self.per_client_subset_accuracy.get(client, float("nan")),
+                "subset_auc": self.per_client_subset_auc.get(client, float("nan")),
+            }
+            for client, r in self.clients.items()
+        }
+        return result
+
+
+def client_models_result(results: Sequence[EvalResult]) -> ClientModelsResult:
+    """Combines `results[k]`, client k's own model on a split, into a `ClientModelsResult`."""
+    if not results:
+        raise ValueError("need one evaluation per client, got none")
+    clients = {str(k): r for k, r in enumerate(results)}
+    logits = [r.logits for r in results]
+    return ClientModelsResult(
+        accuracy=float(np.mean([r.accuracy for r in results])),
+        auc=float(np.mean([r.auc for r in results])),
+        loss=float(np.mean([r.loss for r in results])),
+        confusion=np.sum([r.confusion for r in results], axis=0),
+        per_client_subset_accuracy={
+            k: r.per_client_subset_accuracy[k]
+            for k, r in clients.items()
+            if k in r.per_client_subset_accuracy
+        },
+        num_examples=results[0].num_examples,
+        logits=None if any(x is None for x in logits) else np.stack(logits),
+        per_client_subset_auc={
+            k: r.per_client_subset_auc[k]
+            for k, r in clients.items()
+            if k in r.per_client_subset_auc
+        },
+        clients=clients,
     )
 
 
@@ -305,26 +412,41 @@ def bootstrap_intervals(
     no AUC and is left out). The interval is the central `level` of the
     resampled values.
 
+    Stacked logits `[clients, N, num_classes]` (a `ClientModelsResult`'s)
+    give intervals of the mean over clients: each resample scores every
+    client's model on the same examples.
+
     Returns:
         `{"accuracy": [lo, hi], "auc": [lo, hi]}`; NaN bounds where undefined.
     """
     logits = np.asarray(logits)
-    labels = _flat_labels(labels, len(logits))
+    stacked = logits if logits.ndim == 3 else logits[None]
+    labels = _flat_labels(labels, stacked.shape[1])
     if len(labels) == 0 or resamples < 1 or not 0 < level < 1:
         raise ValueError(f"need examples, resamples >= 1 and 0 < level < 1, got {level}")
-    probs = softmax(logits)
-    correct = logits.argmax(axis=-1) == labels
     rng = np.random.default_rng(seed)
     indices = rng.integers(0, len(labels), size=(resamples, len(labels)))
+    scores = [_resampled_scores(labels, client_logits, indices) for client_logits in stacked]
+    accuracy = np.mean([acc for acc, _ in scores], axis=0)
+    auc = np.mean([auc for _, auc in scores], axis=0)
+    tail = 50.0 * (1.0 - level)
+    return {"accuracy": _percentiles(accuracy, tail), "auc": _percentiles(auc, tail)}
+
+
+def _resampled_scores(
+    labels: np.ndarray, logits: np.ndarray, indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and macro AUC of one model's `logits` on each resample `indices[b]`."""
+    probs = softmax(logits)
+    correct = logits.argmax(axis=-1) == labels
     accuracy = correct[indices].mean(axis=1)
     auc = np.concatenate(
         [
             _resampled_macro_auc(labels, probs, indices[i : i + _BOOTSTRAP_BLOCK])
-            for i in range(0, resamples, _BOOTSTRAP_BLOCK)
+            for i in range(0, len(indices), _BOOTSTRAP_BLOCK)
         ]
     )
-    tail = 50.0 * (1.0 - level)
-    return {"accuracy": _percentiles(accuracy, tail), "auc": _percentiles(auc, tail)}
+    return accuracy, auc
 
 
 def _percentiles(values: np.ndarray, tail: float) -> list[float]:

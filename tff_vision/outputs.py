@@ -76,6 +76,11 @@ def _number(value: float | None, digits: int) -> str:
     return "nan" if value is None else f"{value:.{digits}f}"
 
 
+# summary.json's "model" entry of each arm: which model its numbers come from.
+GLOBAL_MODEL = "the global model (the server's after each round)"
+POOLED_MODEL = "one model trained on all clients' data pooled"
+
+
 def write_summary(
     config: ExperimentConfig,
     dataset: ImageDataset,
@@ -95,16 +100,22 @@ def write_summary(
     `started` is the run's `time.monotonic()` start. A Ctrl-C swallowed on the
     way (e.g. by a plot) still raises here, so an interrupted run has no summary.
     """
-    summary: dict[str, Any] = {"federated": {**fed.summary, "rounds": fed.rounds}}
+    summary: dict[str, Any] = {"federated": {"model": GLOBAL_MODEL, **fed.summary}}
+    summary["federated"]["rounds"] = fed.rounds
     summary["algorithm"] = algorithm
     if privacy is not None:
         summary["privacy"] = privacy
     if "local" in config.baselines:
         summary["local_only"] = {
-            name.removeprefix("local_"): r for name, r in baselines.items() if name != "centralized"
+            name.removeprefix("local_"): {
+                "model": f"client {name.removeprefix('local_')} alone",
+                **r,
+            }
+            for name, r in baselines.items()
+            if name != "centralized"
         }
     if "centralized" in config.baselines:
-        summary["centralized"] = baselines["centralized"]
+        summary["centralized"] = {"model": POOLED_MODEL, **baselines["centralized"]}
     _plot_results(config, dataset, out, fed, baselines)
     summary["wall_seconds"] = time.monotonic() - started
     summary["resumed_from_round"] = fed.resumed_from
@@ -145,7 +156,13 @@ def _plot_results(
         }
         for name, r in baselines.items()
     }
-    plots.plot_curves(metrics, out / "curves.png", baselines=lines, title=_title(config))
+    plots.plot_curves(
+        metrics,
+        out / "curves.png",
+        baselines=lines,
+        title=_title(config),
+        selected_round=fed.summary.get("selected_round"),
+    )
     plots.plot_confusion_matrix(
         fed.selected_eval.confusion,
         dataset.class_names,
@@ -169,6 +186,13 @@ def final_report(summary: dict[str, Any]) -> str:
     """
     fed = summary["federated"]
     lines = [f"federated ({fed['rounds']} rounds, {selection_text(fed)}): {format_result(fed)}"]
+    if "per_client" in fed:  # Each client's own model (FedBN): the mean, then each one.
+        lines[0] += f"  ({fed['metrics_are']})"
+        for cid, r in fed["per_client"].items():
+            lines.append(
+                f"  client {cid}'s own model: {format_result(r)}  on its classes: "
+                f"acc {_number(r['subset_accuracy'], 4)} auc {_number(r['subset_auc'], 4)}"
+            )
     for cid, r in summary.get("local_only", {}).items():
         lines.append(f"local-only client {cid} ({selection_text(r)}): {format_result(r)}")
     if "centralized" in summary:

@@ -25,12 +25,15 @@ _DPI = 120
 _MAX_TICK_CHARS = 24
 _ACCURACY_SERIES = (
     ("train_accuracy", "train accuracy", False),
-    ("eval_accuracy", "eval accuracy", True),
-    ("eval_auc", "eval AUC", True),
+    ("eval_accuracy", "test accuracy", True),
+    ("eval_auc", "test AUC", True),
+    ("val_accuracy", "val accuracy", True),
+    ("val_auc", "val AUC", True),
 )
 _LOSS_SERIES = (
     ("train_loss", "train loss", False),
-    ("eval_loss", "eval loss", True),
+    ("eval_loss", "test loss", True),
+    ("val_loss", "val loss", True),
 )
 
 
@@ -85,19 +88,22 @@ def plot_curves(
     path: str | os.PathLike,
     baselines: dict[str, dict[str, float]] | None = None,
     title: str = "",
+    selected_round: int | None = None,
 ) -> pathlib.Path:
     """Accuracy and loss against round, side by side.
 
     Args:
         metrics: One row per round: a `round` column (the index is used if it
             is missing), and any of `train_accuracy`, `train_loss`,
-            `eval_accuracy`, `eval_loss`, `eval_auc`. NaN entries (e.g.
+            `eval_accuracy`, `eval_loss`, `eval_auc` (test split), `val_accuracy`,
+            `val_auc`, `val_loss`. NaN entries (e.g.
             evaluation columns on non-evaluation rounds) are skipped; missing
             columns are ignored.
         path: Where to write the PNG.
         baselines: Label -> `{"accuracy": a, "loss": l}` (either key may be
             missing), drawn as dashed horizontal lines in the matching panel.
         title: Figure title.
+        selected_round: The round the run reports (--select), drawn as a dotted line.
 
     Returns:
         `path` as a `pathlib.Path`.
@@ -117,6 +123,8 @@ def plot_curves(
     ):
         _plot_series(ax, metrics, x, series)
         _plot_baselines(ax, baselines, key, colors)
+        if selected_round is not None:
+            ax.axvline(selected_round, linestyle=":", color="k", label="reported round")
         ax.set_xlabel("round")
         ax.set_title(name)
         ax.grid(True, alpha=0.3)

@@ -30,7 +30,7 @@ recorded in sweep.json (partitions as first given), not alphabetical order.
                           best (column / bold) or tie, and why (comparison column)
     accuracy_vs_alpha.png dirichlet:ALPHA cells: metric vs alpha (log x), a line per algorithm
     accuracy_vs_k.png     classes:K cells: metric vs K
-    algorithms.png        grouped bars: partition x algorithm, std error bars
+    algorithms.png        grouped bars: partition x algorithm, 95% CI error bars
     partitions/<p>.png    client x class counts of each partition (first seed's partition.csv)
 
 (the ``accuracy`` in plot names is the metric's short name, e.g. ``auc_vs_alpha.png``
@@ -411,7 +411,7 @@ def _with_parameter(agg: pd.DataFrame, kind: str) -> pd.DataFrame:
 def plot_vs_parameter(
     agg: pd.DataFrame, kind: str, metric: str, path: os.PathLike | str, xlabel: str, log_x: bool
 ) -> pathlib.Path | None:
-    """Mean ± std of `metric` against the parameter of `kind` partitions; None if there are none."""
+    """Mean and 95% CI of `metric` against the parameter of `kind` partitions (None if none)."""
     cells = _with_parameter(agg, kind)
     if cells.empty:
         return None
@@ -422,7 +422,7 @@ def plot_vs_parameter(
         ax.errorbar(
             group["param"].astype(float),
             group[f"{metric}_mean"],
-            yerr=group[f"{metric}_std"].fillna(0.0),
+            yerr=_half_widths(group, metric),
             marker="o",
             capsize=3,
             linewidth=1.4,
@@ -436,15 +436,21 @@ def plot_vs_parameter(
     ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"test {METRICS[metric][0]}")
-    ax.set_title(f"test {METRICS[metric][0]} vs {xlabel} (mean ± std over seeds)")
+    ax.set_title(f"test {METRICS[metric][0]} vs {xlabel} (mean, 95% CI over seeds)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
     return plots.save_figure(fig, path)
 
 
+def _half_widths(agg: pd.DataFrame, metric: str) -> np.ndarray:
+    """Error bars of the 95% t-interval of the mean (symmetric); 0 where undefined (one seed)."""
+    width = agg[f"{metric}_ci_high"].astype(float) - agg[f"{metric}_mean"].astype(float)
+    return np.nan_to_num(width.to_numpy(dtype=float))
+
+
 def plot_algorithms(agg: pd.DataFrame, metric: str, path: os.PathLike | str) -> pathlib.Path:
-    """Grouped bars: one group per partition, one bar per algorithm (and model), std error bars."""
+    """Grouped bars: a group per partition, a bar per algorithm (and model), 95% CI bars."""
     partitions = list(dict.fromkeys(agg["partition"]))
     several = agg["model"].nunique() > 1
     series = list(dict.fromkeys(zip(agg["algorithm"], agg["model"])))
@@ -454,12 +460,12 @@ def plot_algorithms(agg: pd.DataFrame, metric: str, path: os.PathLike | str) -> 
     for i, (alg, model) in enumerate(series):
         group = agg[(agg["algorithm"] == alg) & (agg["model"] == model)].set_index("partition")
         means = [group[f"{metric}_mean"].get(p, np.nan) for p in partitions]
-        stds = [group[f"{metric}_std"].get(p, np.nan) for p in partitions]
+        errors = _half_widths(group.reindex(partitions), metric)
         ax.bar(
             x - 0.4 + width * (i + 0.5),
             means,
             width,
-            yerr=np.nan_to_num(np.asarray(stds, dtype=float)),
+            yerr=errors,
             capsize=3,
             label=_series_label(alg, model, several),
         )
@@ -469,7 +475,7 @@ def plot_algorithms(agg: pd.DataFrame, metric: str, path: os.PathLike | str) -> 
     ax.set_ylabel(f"test {METRICS[metric][0]}")
     if metric != "test_loss":
         ax.set_ylim(0.0, 1.0)
-    ax.set_title(f"test {METRICS[metric][0]} by partition and algorithm (mean ± std over seeds)")
+    ax.set_title(f"test {METRICS[metric][0]} by partition and algorithm (mean, 95% CI over seeds)")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()

@@ -30,7 +30,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision import evaluation, interrupts, runtime
+from tff_vision import algorithms, evaluation, interrupts, runtime
 from tff_vision.progress import Progress
 from tff_vision.selection import Selection
 
@@ -104,6 +104,10 @@ class RoundStep:
         """The global `ModelWeights` of `state`."""
         return self.process.get_model_weights(state)
 
+    def client_models(self, state) -> list | None:
+        """Each client's own `ModelWeights` in `state`; None where all share the global one."""
+        return algorithms.client_models(self.process, state)
+
 
 class FederatedTrainer:
     """Runs a TFF learning process for `rounds` rounds with checkpoints and metrics.
@@ -174,13 +178,24 @@ class FederatedTrainer:
         latest = max(versions)
         return _run_coroutine(self.state_manager.load(latest, initial)), latest
 
-    def evaluate_state(self, state) -> evaluation.EvalResult:
-        self.step.model_weights(state).assign_weights_to(self.eval_model)
-        return self.evaluate(self.eval_model)
-
     def _score(self, state) -> tuple[evaluation.EvalResult, evaluation.EvalResult | None]:
-        """Test, then (with a selection) val evaluation of `state`'s model."""
-        test = self.evaluate_state(state)
+        """Test, then (with a selection) val evaluation of `state`'s model.
+
+        Where each client has its own model (FedBN), each one is scored and the
+        results combined (`evaluation.ClientModelsResult`): the global model of
+        such a process is used by no client.
+        """
+        own = self.step.client_models(state)
+        scored = [self._score_weights(w) for w in own or [self.step.model_weights(state)]]
+        if own is None:
+            return scored[0]
+        test = evaluation.client_models_result([t for t, _ in scored])
+        val = evaluation.client_models_result([v for _, v in scored]) if self.selection else None
+        return test, val
+
+    def _score_weights(self, weights) -> tuple[evaluation.EvalResult, evaluation.EvalResult | None]:
+        weights.assign_weights_to(self.eval_model)
+        test = self.evaluate(self.eval_model)
         val = self.selection.held_out.evaluate_val(self.eval_model) if self.selection else None
         return test, val
 

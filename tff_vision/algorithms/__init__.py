@@ -51,6 +51,7 @@ from tff_vision.algorithms.registry import (
     AlgorithmSpec,
     build_process,
     check_combination,
+    client_models,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "build_optimizer",
     "build_process",
     "check_combination",
+    "client_models",
     "learning_rate_schedule",
     "server_optimizer_spec",
 ]

@@ -14,8 +14,9 @@ The process is `_compose.compose_process` with `build_fedbn_client_work` and
 The `b_i` are a table in the server state (`_client_state`, with a count of
 each client's rounds), so saving the state resumes exactly. The global
 model's normalization variables are the example-weighted mean of the round's
-`b_i+`, for reporting and as the start of a client's first round; evaluate
-client `i` with its own through `client_model_weights`. Local variables: those
+`b_i+`, the start of a client's first round; no client uses that model, so
+evaluations score each client's own (`client_model_weights`, and
+`FedBNLearningProcess.client_models` for all of them). Local variables: those
 of `local_layer_names`, by default every `gamma`, `beta`, `moving_mean` and
 `moving_variance` (Keras' normalization layers).
 """
@@ -283,7 +284,7 @@ def build_fedbn_finalizer(
     the shared (non-local trainable) weights only, so that the optimizer state
     covers exactly them. Its update is `OrderedDict(shared_update=...,
     local_mean=...)` (the aggregated client update); the global model's local
-    variables are set to `local_mean` (reporting only, see the module
+    variables are set to `local_mean` (a first-time client's start, see the module
     docstring) and its other non-trainable variables are left unchanged.
     """
 
@@ -366,6 +367,10 @@ class FedBNLearningProcess(_client_state.ClientIndexedLearningProcess):
         super().__init__(process, num_clients)
         self.local_trainable_slots = tuple(local_trainable_slots)
         self.local_non_trainable_slots = tuple(local_non_trainable_slots)
+
+    def client_models(self, state: Any) -> list[tff.learning.models.ModelWeights]:
+        """Every client's own model in `state` (see `client_model_weights`), in client order."""
+        return [client_model_weights(self, state, i) for i in range(self.num_clients)]
 
 
 def client_model_weights(

@@ -317,3 +317,14 @@ def build_process(
 
 def _same(value: Any) -> Any:
     return value
+
+
+def client_models(process: Any, state: Any) -> list[Any] | None:
+    """Each client's own `ModelWeights` in `state`, or None where all clients share one model.
+
+    Algorithms that keep part of the model per client (FedBN's normalization
+    layers) give their processes a `client_models(state)` method; the global
+    model of such a process is used by no client, so it is these that are scored.
+    """
+    own = getattr(process, "client_models", None)
+    return None if own is None else own(state)
