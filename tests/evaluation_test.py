@@ -114,8 +114,15 @@ class EvaluateTest(parameterized.TestCase):
                 "eval_subset_accuracy/1",
                 "eval_subset_auc/0",
                 "eval_subset_auc/1",
+                "eval_worst_subset_accuracy",
+                "eval_subset_accuracy_spread",
+                "eval_worst_subset_auc",
+                "eval_subset_auc_spread",
             },
         )
+        # Over the clients: accuracy 3/5 and 1.0; AUC 0.75 and NaN (one class), which is left out.
+        self.assertEqual(row["eval_worst_subset_accuracy"], 3 / 5)
+        self.assertAlmostEqual(row["eval_subset_accuracy_spread"], 2 / 5)
         self.assertEqual(row["eval_accuracy"], result.accuracy)
         summary = result.summary()
         self.assertEqual(
@@ -126,8 +133,13 @@ class EvaluateTest(parameterized.TestCase):
                 "test_loss",
                 "per_client_subset_accuracy",
                 "per_client_subset_auc",
+                "worst_subset_accuracy",
+                "subset_accuracy_spread",
+                "worst_subset_auc",
+                "subset_auc_spread",
             },
         )
+        self.assertEqual((summary["worst_subset_auc"], summary["subset_auc_spread"]), (0.75, 0.0))
         self.assertEqual(summary["per_client_subset_accuracy"], {"0": 3 / 5, "1": 1.0})
         np.testing.assert_equal(json.loads(json.dumps(summary)), summary)  # NaN == NaN
         self.assertTrue(all(type(v) is float for k, v in summary.items() if k.startswith("test_")))

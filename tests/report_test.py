@@ -51,6 +51,7 @@ def _write_cell(sweep_dir, cell, accuracy, auc=None, loss=1.0, finished=True, co
                 "test_accuracy": accuracy,
                 "test_auc": accuracy + 0.2 if auc is None else auc,
                 "test_loss": loss,
+                "worst_subset_accuracy": accuracy - 0.05,
                 "rounds": 3,
             },
             "wall_seconds": 12.5,
@@ -113,6 +114,7 @@ class ReportTest(parameterized.TestCase):
         row = frame[(frame["partition"] == "dirichlet:1") & (frame["seed"] == 1)].iloc[0]
         self.assertAlmostEqual(row["test_accuracy"], 0.50)
         self.assertAlmostEqual(row["test_auc"], 0.70)
+        self.assertAlmostEqual(row["worst_subset_accuracy"], 0.45)
         self.assertEqual(row["rounds"], 3)
         self.assertEqual(row["wall_seconds"], 12.5)
         self.assertEqual(row["algorithm"], "fedavg")
@@ -153,6 +155,11 @@ class ReportTest(parameterized.TestCase):
             0.40 + _HALF_2_SEEDS,
             places=5,
         )
+
+    def test_worst_hospital_column_is_aggregated(self):
+        agg = self._three_seed_report().aggregate.set_index(["partition", "algorithm"])
+        self.assertAlmostEqual(agg.loc[("iid", "fedprox"), "worst_subset_accuracy_mean"], 0.60)
+        self.assertAlmostEqual(agg.loc[("iid", "fedprox"), "worst_subset_accuracy_std"], 0.1)
 
     def test_plot_error_bars_are_the_95_percent_intervals(self):
         agg = self._three_seed_report().aggregate.set_index(["partition", "algorithm"])

@@ -70,6 +70,7 @@ class RunnerTest(run_testing.RunnerTestCase):
             "summary.json",
             "curves.png",
             "confusion_matrix.png",
+            "per_hospital.png",
         ):
             self.assertTrue((out / name).is_file(), name)
         self.assertTrue(any((out / "tb").rglob("events.out.tfevents.*")))
@@ -92,6 +93,20 @@ class RunnerTest(run_testing.RunnerTestCase):
                 correct / sum(map(sum, rows)),
                 places=6,
             )
+
+        # Each hospital's own model per arm, on its own classes: local-only is model k at k.
+        arms = summary["per_hospital"]["arms"]
+        self.assertEqual(list(arms), ["federated", "local_only", "centralized"])
+        for client in ("0", "1", "2"):
+            own = summary["local_only"][client]["per_client_subset_accuracy"][client]
+            self.assertEqual(arms["local_only"]["accuracy"][client], own)
+            self.assertEqual(
+                arms["federated"]["accuracy"][client], fed["per_client_subset_accuracy"][client]
+            )
+        self.assertEqual(
+            arms["federated"]["worst_accuracy"], min(fed["per_client_subset_accuracy"].values())
+        )
+        self.assertEqual(fed["model"], "the global model (the server's after each round)")
 
         partition = pd.read_csv(out / "partition.csv", index_col=0)
         self.assertEqual(partition.loc["total", "total"], 1080)

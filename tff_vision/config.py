@@ -190,6 +190,18 @@ class AlgorithmSettings:
         "FedProx mu (> 0, required by --algorithm=fedprox; ignored otherwise): clients minimize "
         "loss + mu/2 ||w - w_global||^2. Typical 0.001 to 1.",
     )
+    ditto_lambda: float = option(
+        0.1,
+        "Ditto (--algorithm=ditto): strength lambda (>= 0) pulling each client's personal model "
+        "towards the global one: it minimizes loss + lambda/2 ||v - w_global||^2; 0 = local "
+        "training alone, large = the global model.",
+    )
+    fedrep_head_epochs: int = option(
+        1,
+        "FedRep (--algorithm=fedrep): passes over local data that train the head (body frozen) "
+        "before each round's --local_epochs body passes.",
+        lower_bound=1,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +316,14 @@ class OutputSettings:
         (),
         f"Comma-separated baselines trained in the same run: {', '.join(BASELINES)}.",
         choices=BASELINES,
+    )
+    personalize_epochs: int = option(
+        0,
+        "After training, fine-tune the reported federated model for this many local epochs on "
+        "each client's data and score each client's fine-tuned model (summary.json "
+        '"personalized"); 0 = off.',
+        lower_bound=0,
+        bound_note="0 = no fine-tuning",
     )
     select: str = option(
         "best_val",
@@ -449,6 +469,7 @@ def _check_algorithm(c: ExperimentConfig) -> None:
         c.proximal_strength >= 0,
         f"--proximal_strength must be >= 0, got {c.proximal_strength}",
     )
+    _check(c.ditto_lambda >= 0, f"--ditto_lambda must be >= 0, got {c.ditto_lambda}")
     try:
         _lib("algorithms").check_combination(
             c.algorithm,

@@ -70,7 +70,8 @@ class EvalResult:
         Returns:
             `{prefix + "accuracy", prefix + "auc", prefix + "loss"}` plus
             `prefix + "subset_accuracy/<client>"` and `prefix + "subset_auc/<client>"`
-            for each client.
+            for each client, and over the clients `worst_subset_accuracy`,
+            `subset_accuracy_spread` (max - min), `worst_subset_auc`, `subset_auc_spread`.
         """
         row = {
             f"{prefix}accuracy": float(self.accuracy),
@@ -81,6 +82,19 @@ class EvalResult:
             row[f"{prefix}subset_accuracy/{client}"] = float(value)
         for client, value in self.per_client_subset_auc.items():
             row[f"{prefix}subset_auc/{client}"] = float(value)
+        row.update({f"{prefix}{k}": v for k, v in self._worst_and_spread().items()})
+        return row
+
+    def _worst_and_spread(self) -> dict[str, float]:
+        """The lowest per-client subset accuracy and AUC, and max minus min of each."""
+        row = {}
+        for name, values in (
+            ("accuracy", self.per_client_subset_accuracy),
+            ("auc", self.per_client_subset_auc),
+        ):
+            extremes = worst_and_spread(values)
+            if extremes is not None:
+                row[f"worst_subset_{name}"], row[f"subset_{name}_spread"], _ = extremes
         return row
 
     def summary(self) -> dict[str, Any]:
@@ -101,7 +115,17 @@ class EvalResult:
             result["per_client_subset_auc"] = {
                 str(k): float(v) for k, v in self.per_client_subset_auc.items()
             }
+        result.update(self._worst_and_spread())
         return result
+
+
+def worst_and_spread(values: dict[str, float]) -> tuple[float, float, str] | None:
+    """(lowest value, max - min, the key of the lowest) over the defined values; None if none."""
+    defined = {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
+    if not defined:
+        return None
+    worst = min(defined, key=defined.get)
+    return defined[worst], max(defined.values()) - defined[worst], worst
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:

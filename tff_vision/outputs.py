@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from tff_vision import fileio, interrupts, plots
+from tff_vision import fileio, hospitals, interrupts, plots
 from tff_vision.config import ExperimentConfig
 from tff_vision.data import ImageDataset
 from tff_vision.partition import Partition
@@ -116,7 +116,12 @@ def write_summary(
         }
     if "centralized" in config.baselines:
         summary["centralized"] = {"model": POOLED_MODEL, **baselines["centralized"]}
+    per_hospital = hospitals.comparison(summary)
+    if per_hospital is not None:
+        summary["per_hospital"] = per_hospital
     _plot_results(config, dataset, out, fed, baselines)
+    if per_hospital is not None:
+        plots.plot_per_hospital(per_hospital["arms"], out / "per_hospital.png", _title(config))
     summary["wall_seconds"] = time.monotonic() - started
     summary["resumed_from_round"] = fed.resumed_from
     summary["dataset"] = {
@@ -206,5 +211,13 @@ def final_report(summary: dict[str, Any]) -> str:
             f"sampling rate {p['sampling_rate']:.4g}, {p['accountant']})"
             + (f"; warning: {p['warning']}" if p.get("warning") else "")
         )
+    for arm, entry in summary.get("per_hospital", {}).get("arms", {}).items():
+        if "worst_accuracy" in entry:
+            hospital = entry["worst_accuracy_hospital"]
+            lines.append(
+                f"{arm.replace('_', '-')} at the worst hospital ({hospital}) on its own classes: "
+                f"acc {_number(entry['worst_accuracy'], 4)}, "
+                f"spread {_number(entry['accuracy_spread'], 4)}"
+            )
     lines.append(f"wall time {summary['wall_seconds']:.0f} s")
     return "\n".join(lines)

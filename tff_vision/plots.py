@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -130,6 +131,37 @@ def plot_curves(
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_per_hospital(
+    arms: dict[str, dict[str, Any]], path: str | os.PathLike, title: str = ""
+) -> pathlib.Path:
+    """Each hospital's accuracy and AUC on its own classes, one bar per arm, side by side.
+
+    Args:
+        arms: Arm label -> `{"accuracy": {hospital: value}, "auc": {...}}`
+            (summary.json's `per_hospital["arms"]`); NaN values draw no bar.
+        path: Where to write the PNG.
+        title: Figure title.
+    """
+    hospitals = list(dict.fromkeys(h for arm in arms.values() for h in arm.get("accuracy", {})))
+    x = np.arange(len(hospitals))
+    width = 0.8 / max(1, len(arms))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(hospitals) + 4), 4))
+    for ax, metric in zip(axes, ("accuracy", "auc")):
+        for i, (label, arm) in enumerate(arms.items()):
+            values = [arm.get(metric, {}).get(h, np.nan) for h in hospitals]
+            ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=label.replace("_", " "))
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"hospital {h}" for h in hospitals])
+        ax.set_ylim(0.0, 1.0)
+        ax.set_title(f"{'AUC' if metric == 'auc' else metric} on the hospital's own classes")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

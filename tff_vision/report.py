@@ -34,7 +34,10 @@ recorded in sweep.json (partitions as first given), not alphabetical order.
     partitions/<p>.png    client x class counts of each partition (first seed's partition.csv)
 
 (the ``accuracy`` in plot names is the metric's short name, e.g. ``auc_vs_alpha.png``
-for ``--metric=test_auc``). A plot whose cells are absent is skipped with a
+for ``--metric=test_auc``). cells.csv and aggregate.csv also carry
+``worst_subset_accuracy``, the federated model's accuracy at the worst hospital
+on that hospital's own classes (``--metric=worst_subset_accuracy`` tables and
+plots it). A plot whose cells are absent is skipped with a
 note. Every file is written atomically. No TensorFlow is imported.
 """
 
@@ -61,6 +64,8 @@ METRICS = {
     "test_accuracy": ("accuracy", True),
     "test_auc": ("AUC", True),
     "test_loss": ("loss", False),
+    # On the worst hospital's own classes (label-skewed partitions; NaN otherwise).
+    "worst_subset_accuracy": ("worst-hospital accuracy", True),
 }
 REPORT_DIR = "report"
 CELL_COLUMNS = (
@@ -72,6 +77,7 @@ CELL_COLUMNS = (
     "test_accuracy",
     "test_auc",
     "test_loss",
+    "worst_subset_accuracy",
     "rounds",
     "wall_seconds",
 )
@@ -157,7 +163,7 @@ def load_cells(sweep_dir: os.PathLike | str) -> tuple[pd.DataFrame, list[str]]:
             notes.append(f"{out} has no flags.json or sweep.json record; that cell is left out")
             continue
         row["seed"] = int(row["seed"])
-        for key in ("test_accuracy", "test_auc", "test_loss", "rounds"):
+        for key in ("test_accuracy", "test_auc", "test_loss", "worst_subset_accuracy", "rounds"):
             row[key] = fed.get(key)
         row["wall_seconds"] = summary.get("wall_seconds")
         rows.append(row)
@@ -168,7 +174,7 @@ def load_cells(sweep_dir: os.PathLike | str) -> tuple[pd.DataFrame, list[str]]:
             + (", ..." if len(unfinished) > 3 else "")
         )
     frame = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
-    for column in ("test_accuracy", "test_auc", "test_loss", "rounds", "wall_seconds"):
+    for column in CELL_COLUMNS[CELL_COLUMNS.index("test_accuracy") :]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame, notes
 
