@@ -26,18 +26,7 @@ _ROUNDS = 2
 
 
 def _bn_model(seed=0):
-    """`fl_testing.tiny_model` with a BatchNormalization after its convolution."""
-    inputs = tf.keras.Input((28, 28, 3), name="image")
-    x = tf.keras.layers.Conv2D(
-        4, 3, strides=2, kernel_initializer=tf.keras.initializers.GlorotUniform(seed)
-    )(inputs)
-    x = tf.keras.layers.BatchNormalization()(x)
-    x = tf.keras.layers.ReLU()(x)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    outputs = tf.keras.layers.Dense(
-        5, kernel_initializer=tf.keras.initializers.GlorotUniform(seed + 1)
-    )(x)
-    return tf.keras.Model(inputs, outputs)
+    return fl_testing.tiny_model(seed, batch_norm=True)
 
 
 def _scores(model, split, classes):

@@ -126,6 +126,15 @@ class ValidateTest(parameterized.TestCase):
         ("dp_clip", dict(dp_clip="big"), "--dp_clip must be a positive number"),
         ("workers", dict(workers=("localhost",)), "bad --workers entry 'localhost'"),
         ("output_dir", dict(output_dir=""), "--output_dir is required"),
+        ("dropout", dict(client_dropout=1.0), "--client_dropout must be in [0, 1), got 1.0"),
+        ("partial_work", dict(partial_work=2.0), "--partial_work must be in [0, 1], got 2.0"),
+        (
+            "dropout_dp",
+            dict(client_dropout=0.5, aggregator="dp"),
+            "--client_dropout with --aggregator=dp: the accountant assumes a fixed number",
+        ),
+        ("ditto_lambda", dict(ditto_lambda=-1.0), "--ditto_lambda must be >= 0, got -1.0"),
+        ("personalize", dict(personalize_epochs=-1), "--personalize_epochs must be >= 0"),
     )
     def test_one_line_error(self, overrides, expected):
         config = dataclasses.replace(_valid(), **overrides)

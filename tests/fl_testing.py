@@ -69,12 +69,14 @@ class RetinaTestCase(LocalContextTestCase):
         cls.fed = retina_federated(cls.PREPROCESSING_SEED)
 
 
-def tiny_model(seed=0):
-    """Conv (4 filters) -> global pool -> dense: small but with real image structure."""
+def tiny_model(seed=0, batch_norm=False):
+    """Conv (4 filters) -> [BatchNorm] -> global pool -> dense: small, real image structure."""
     inputs = tf.keras.Input((28, 28, 3), name="image")
     x = tf.keras.layers.Conv2D(
         4, 3, strides=2, kernel_initializer=tf.keras.initializers.GlorotUniform(seed)
     )(inputs)
+    if batch_norm:
+        x = tf.keras.layers.BatchNormalization()(x)
     x = tf.keras.layers.ReLU()(x)
     x = tf.keras.layers.GlobalAveragePooling2D()(x)
     outputs = tf.keras.layers.Dense(

@@ -34,6 +34,9 @@ _HALF_3_SEEDS = 4.302653 * 0.1 / 3**0.5  # 0.248414
 _HALF_2_SEEDS = 12.706205 * 0.05  # 0.635310
 
 
+_MB = {"fedavg": 1_000_000, "fedprox": 2_000_000}
+
+
 def _accuracy(partition, algorithm, seed):
     return _BASE[partition] + _DELTA[algorithm] + _SEED_OFFSET[seed]
 
@@ -55,6 +58,10 @@ def _write_cell(sweep_dir, cell, accuracy, auc=None, loss=1.0, finished=True, co
                 "rounds": 3,
             },
             "wall_seconds": 12.5,
+            # FedProx moves twice as much as FedAvg here: 2 MB against 1 MB each way.
+            "communication": {
+                "total": {"total_down": _MB[cell.algorithm], "total_up": _MB[cell.algorithm]}
+            },
         }
         (out / "summary.json").write_text(json.dumps(summary))
 
@@ -156,8 +163,9 @@ class ReportTest(parameterized.TestCase):
             places=5,
         )
 
-    def test_worst_hospital_column_is_aggregated(self):
+    def test_worst_hospital_and_communication_columns_are_aggregated(self):
         agg = self._three_seed_report().aggregate.set_index(["partition", "algorithm"])
+        self.assertEqual(agg.loc[("iid", "fedprox"), "total_mb_mean"], 4.0)
         self.assertAlmostEqual(agg.loc[("iid", "fedprox"), "worst_subset_accuracy_mean"], 0.60)
         self.assertAlmostEqual(agg.loc[("iid", "fedprox"), "worst_subset_accuracy_std"], 0.1)
 
@@ -222,7 +230,14 @@ class ReportTest(parameterized.TestCase):
 
         cells = pd.read_csv(self.dir / "report" / "cells.csv")
         self.assertLen(cells, 4 * 2 * 3 - 1)
-        for name in ("accuracy_vs_alpha.png", "accuracy_vs_k.png", "algorithms.png"):
+        self.assertEqual(set(cells["total_mb"]), {2.0, 4.0})
+        names = (
+            "accuracy_vs_alpha.png",
+            "accuracy_vs_k.png",
+            "algorithms.png",
+            "accuracy_vs_mb.png",
+        )
+        for name in names:
             self.assertTrue(_is_png(self.dir / "report" / name), name)
         for name in ("iid", "dirichlet-0.1", "dirichlet-1", "classes-2"):
             self.assertTrue(_is_png(self.dir / "report" / "partitions" / f"{name}.png"), name)

@@ -28,6 +28,7 @@ _BASE_FLAGS = run_testing.runner_flags(
     eval_every=2,
     client_lr=0.05,
     baselines="local,centralized",
+    personalize_epochs=1,
 )
 _TIMING_COLUMNS = ("round_seconds", "seconds")
 
@@ -50,7 +51,7 @@ def _comparable_metrics(output_dir):
 
 def _results(output_dir):
     summary = json.loads((pathlib.Path(output_dir) / "summary.json").read_text())
-    return {k: summary[k] for k in ("federated", "local_only", "centralized")}
+    return {k: summary[k] for k in ("federated", "local_only", "centralized", "personalized")}
 
 
 class RunnerTest(run_testing.RunnerTestCase):
@@ -96,7 +97,19 @@ class RunnerTest(run_testing.RunnerTestCase):
 
         # Each hospital's own model per arm, on its own classes: local-only is model k at k.
         arms = summary["per_hospital"]["arms"]
-        self.assertEqual(list(arms), ["federated", "local_only", "centralized"])
+        self.assertEqual(list(arms), ["federated", "local_only", "centralized", "personalized"])
+        tuned = summary["personalized"]
+        self.assertEqual((tuned["epochs"], tuned["base_round"]), (1, 4))
+        self.assertEqual(tuned, json.loads((out / "personalized.json").read_text()))
+        for client in ("0", "1", "2"):
+            self.assertEqual(
+                arms["personalized"]["accuracy"][client],
+                tuned["per_client_subset_accuracy"][client],
+            )
+            self.assertEqual(
+                tuned["per_client"][client]["subset_accuracy"],
+                tuned["per_client_subset_accuracy"][client],
+            )
         for client in ("0", "1", "2"):
             own = summary["local_only"][client]["per_client_subset_accuracy"][client]
             self.assertEqual(arms["local_only"]["accuracy"][client], own)

@@ -195,6 +195,10 @@ class FederatedData:
         """The batches client `client_id` trains on in round `round_num` (1-based)."""
         return self.preprocessing.apply(self._base[client_id], round_num, client_id)
 
+    def clients_of_round(self, round_num: int, clients_per_round: int) -> list[str]:
+        """`sample_clients`; here it has no side effect either (see `RoundData`)."""
+        return self.sample_clients(round_num, clients_per_round)
+
     def sample_clients(self, round_num: int, clients_per_round: int) -> list[str]:
         """Clients taking part in `round_num`: all, or a seeded sample without replacement."""
         if clients_per_round >= len(self._ids):
@@ -277,6 +281,10 @@ class RoundData:
 
     def sample_clients(self, round_num: int, clients_per_round: int) -> list[str]:
         self.current_round = round_num
+        return self._data.sample_clients(round_num, clients_per_round)
+
+    def clients_of_round(self, round_num: int, clients_per_round: int) -> list[str]:
+        """The clients `sample_clients` gives, without remembering the round (past rounds)."""
         return self._data.sample_clients(round_num, clients_per_round)
 
     def round_dataset(self, client_id: str, round_num: int):

@@ -263,6 +263,16 @@ class ScheduleSettings:
         choices=STEP_HETEROGENEITY,
     )
     batch_size: int = option(32, "Client batch size.", lower_bound=1)
+    client_dropout: float = option(
+        0.0,
+        "Probability in [0, 1) that a sampled client fails to report in a round (seeded); the "
+        "round aggregates the others. metrics.csv records who reported.",
+    )
+    partial_work: float = option(
+        0.0,
+        "Probability in [0, 1] that a reporting client stops after a uniform random fraction of "
+        "its round's batches (seeded; FedNova's setting). metrics.csv records the batches done.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -512,6 +522,13 @@ def _check_privacy(c: ExperimentConfig) -> None:
 def _check_schedule(c: ExperimentConfig) -> None:
     if c.step_heterogeneity != "none" and not c.local_steps:
         raise ConfigError("--step_heterogeneity needs --local_steps > 0")
+    _check(0 <= c.client_dropout < 1, f"--client_dropout must be in [0, 1), got {c.client_dropout}")
+    _check(0 <= c.partial_work <= 1, f"--partial_work must be in [0, 1], got {c.partial_work}")
+    _check(
+        not (c.client_dropout and c.aggregator == "dp"),
+        "--client_dropout with --aggregator=dp: the accountant assumes a fixed number of "
+        "clients per round; drop --client_dropout or use --clients_per_round for sampling",
+    )
 
 
 def _check_runtime(c: ExperimentConfig) -> None:

@@ -360,9 +360,11 @@ class ClientModelsResult(EvalResult):
 
     Attributes:
         clients: Client id -> its own model's `EvalResult` on the whole split.
+        model: What the clients' models are, for summary.json (default `MODEL`).
     """
 
     clients: dict[str, EvalResult] = dataclasses.field(default_factory=dict, repr=False)
+    model: str = dataclasses.field(default="", compare=False)
 
     MODEL = "each client's own model (shared weights + its own normalization layers)"
 
@@ -377,7 +379,7 @@ class ClientModelsResult(EvalResult):
     def summary(self) -> dict[str, Any]:
         """`EvalResult.summary`, saying which models the numbers come from, and each client's."""
         result = super().summary()
-        result["model"] = self.MODEL
+        result["model"] = self.model or self.MODEL
         result["metrics_are"] = "mean over clients of each client's own model"
         result["per_client"] = {
             client: {
@@ -391,8 +393,11 @@ class ClientModelsResult(EvalResult):
         return result
 
 
-def client_models_result(results: Sequence[EvalResult]) -> ClientModelsResult:
-    """Combines `results[k]`, client k's own model on a split, into a `ClientModelsResult`."""
+def client_models_result(results: Sequence[EvalResult], model: str = "") -> ClientModelsResult:
+    """Combines `results[k]`, client k's own model on a split, into a `ClientModelsResult`.
+
+    `model` says what the clients' models are (default `ClientModelsResult.MODEL`).
+    """
     if not results:
         raise ValueError("need one evaluation per client, got none")
     clients = {str(k): r for k, r in enumerate(results)}
@@ -415,6 +420,7 @@ def client_models_result(results: Sequence[EvalResult]) -> ClientModelsResult:
             if k in r.per_client_subset_auc
         },
         clients=clients,
+        model=model,
     )
 
 

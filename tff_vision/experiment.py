@@ -20,7 +20,8 @@ directory:
                           95% intervals and the last round's metrics beside (written
                           last); "algorithm" holds the settings the algorithm ran
                           with, "privacy" (--aggregator=dp) the (epsilon, delta) guarantee
-    curves.png, confusion_matrix.png
+    personalized.json     --personalize_epochs: each client's fine-tuned model, scored
+    curves.png, confusion_matrix.png, per_hospital.png
     .lock                 held by the running process (its PID inside): a second run
                           on the same directory stops with a one-line error
 
@@ -170,6 +171,7 @@ def _run_stages(s: Setup, printer: Callable[[str], None]) -> dict[str, Any]:
         baselines,
         federated_stage,
         outputs,
+        personalization,
         selection,
     )
 
@@ -183,6 +185,11 @@ def _run_stages(s: Setup, printer: Callable[[str], None]) -> dict[str, Any]:
     fed = federated_stage.run_federated(config, parts, build, held_out, out, printer)
     jobs = baselines.baseline_jobs(config, dataset, parts.data)
     results = baselines.run_baselines(config, jobs, build, held_out, parts.schedule, out, printer)
+    personalized = None
+    if config.personalize_epochs:
+        personalized = personalization.run(
+            config, fed.client_weights, parts.data, build, held_out, out, printer
+        )
     return outputs.write_summary(
         config,
         dataset,
@@ -192,6 +199,7 @@ def _run_stages(s: Setup, printer: Callable[[str], None]) -> dict[str, Any]:
         algorithm=parts.settings,
         privacy=parts.accounting.report(fed.rounds) if parts.accounting else None,
         baselines=results,
+        personalized=personalized,
         device=device,
         started=start,
         printer=printer,

@@ -23,6 +23,7 @@ from tff_vision import (
     aggregators,
     algorithms,
     client_data,
+    communication,
     evaluation,
     privacy,
     runtime,
@@ -30,6 +31,7 @@ from tff_vision import (
     training,
 )
 from tff_vision.algorithms import keras_model
+from tff_vision.availability import Availability
 from tff_vision.config import ConfigError, ExperimentConfig
 from tff_vision.data import ImageDataset
 from tff_vision.partition import Partition
@@ -199,6 +201,7 @@ def run_federated(
         )
         if config.workers or config.local_workers:
             _check_mergeable(config.algorithm, process.next)
+        client_bytes = communication.client_bytes(process)
         eval_model = build_model()
         trainer = training.FederatedTrainer(
             process,
@@ -215,8 +218,17 @@ def run_federated(
             selection=selection.Selection(
                 config.select, held_out, out / "checkpoints" / "selected" / "federated.npz"
             ),
+            client_bytes=client_bytes,
+            availability=Availability(
+                config.client_dropout,
+                config.partial_work,
+                client_data.derive_seed(config.seed, "availability"),
+            ),
         )
-        return trainer.run()
+        outcome = trainer.run()
+        if config.personalize_epochs:  # While TFF's context still runs.
+            outcome.client_weights = trainer.client_weights(outcome.state)
+        return outcome
     finally:
         runtime.shutdown()
 

@@ -3,7 +3,7 @@
 A hospital joins a federation to treat its own patients better. For each arm
 of a run this takes the model that hospital would deploy (the global model;
 under FedBN its own model, the shared weights with its normalization; its
-local-only model; the pooled model) scored on the test examples of the
+local-only model; the pooled model; its fine-tuned model) scored on the test examples of the
 classes the hospital holds, and gives each hospital's accuracy and AUC, the
 worst hospital and the spread (max - min). The numbers come from the arms'
 summary entries (`EvalResult.summary`), so they are those of each arm's
@@ -35,6 +35,8 @@ def comparison(summary: dict[str, Any]) -> dict[str, Any] | None:
         arms["local_only"] = _arm(LOCAL_ONLY_MODEL, own)
     if "centralized" in summary:
         arms["centralized"] = _arm(summary["centralized"]["model"], summary["centralized"])
+    if "personalized" in summary:
+        arms["personalized"] = _arm(summary["personalized"]["model"], summary["personalized"])
     return {"scored_on": SCORED_ON, "arms": arms}
 
 

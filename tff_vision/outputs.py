@@ -91,6 +91,7 @@ def write_summary(
     algorithm: dict[str, Any],
     privacy: dict[str, Any] | None,
     baselines: dict[str, dict[str, Any]],
+    personalized: dict[str, Any] | None = None,
     device: str,
     started: float,
     printer: Printer,
@@ -116,6 +117,10 @@ def write_summary(
         }
     if "centralized" in config.baselines:
         summary["centralized"] = {"model": POOLED_MODEL, **baselines["centralized"]}
+    if fed.communication is not None:
+        summary["communication"] = fed.communication
+    if personalized is not None:
+        summary["personalized"] = personalized
     per_hospital = hospitals.comparison(summary)
     if per_hospital is not None:
         summary["per_hospital"] = per_hospital
@@ -168,6 +173,8 @@ def _plot_results(
         title=_title(config),
         selected_round=fed.summary.get("selected_round"),
     )
+    if "bytes_up_cumulative" in metrics.columns:
+        plots.plot_accuracy_vs_bytes(metrics, out / "communication.png", _title(config))
     plots.plot_confusion_matrix(
         fed.selected_eval.confusion,
         dataset.class_names,
@@ -203,6 +210,11 @@ def final_report(summary: dict[str, Any]) -> str:
     if "centralized" in summary:
         c = summary["centralized"]
         lines.append(f"centralized ({selection_text(c)}): {format_result(c)}")
+    if "personalized" in summary:
+        p = summary["personalized"]
+        lines.append(
+            f"fine-tuned ({p['epochs']} epoch(s) per client, mean over clients): {format_result(p)}"
+        )
     if "privacy" in summary:
         p = summary["privacy"]
         lines.append(

@@ -137,6 +137,29 @@ def plot_curves(
     return save_figure(fig, path)
 
 
+def plot_accuracy_vs_bytes(
+    metrics: pd.DataFrame, path: str | os.PathLike, title: str = ""
+) -> pathlib.Path:
+    """Test accuracy and AUC against the megabytes moved so far (down + up), per eval round.
+
+    `metrics` is a run's metrics.csv: `bytes_down_cumulative`, `bytes_up_cumulative`
+    and the `eval_accuracy` / `eval_auc` of its evaluated rounds.
+    """
+    moved = (metrics["bytes_down_cumulative"] + metrics["bytes_up_cumulative"]) / 1e6
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for column, label in (("eval_accuracy", "test accuracy"), ("eval_auc", "test AUC")):
+        if column in metrics.columns:
+            values = pd.to_numeric(metrics[column], errors="coerce")
+            keep = values.notna()
+            ax.plot(moved[keep], values[keep], marker="o", markersize=4, label=label)
+    ax.set_xlabel("MB moved so far (server to clients and back)")
+    ax.set_title(title or "accuracy against communication")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def plot_per_hospital(
     arms: dict[str, dict[str, Any]], path: str | os.PathLike, title: str = ""
 ) -> pathlib.Path:

@@ -31,6 +31,7 @@ recorded in sweep.json (partitions as first given), not alphabetical order.
     accuracy_vs_alpha.png dirichlet:ALPHA cells: metric vs alpha (log x), a line per algorithm
     accuracy_vs_k.png     classes:K cells: metric vs K
     algorithms.png        grouped bars: partition x algorithm, 95% CI error bars
+    accuracy_vs_mb.png    metric against the MB each run moved (summary.json "communication")
     partitions/<p>.png    client x class counts of each partition (first seed's partition.csv)
 
 (the ``accuracy`` in plot names is the metric's short name, e.g. ``auc_vs_alpha.png``
@@ -66,6 +67,8 @@ METRICS = {
     "test_loss": ("loss", False),
     # On the worst hospital's own classes (label-skewed partitions; NaN otherwise).
     "worst_subset_accuracy": ("worst-hospital accuracy", True),
+    # Megabytes the run moved between server and clients, both ways (summary.json).
+    "total_mb": ("MB moved", False),
 }
 REPORT_DIR = "report"
 CELL_COLUMNS = (
@@ -78,6 +81,7 @@ CELL_COLUMNS = (
     "test_auc",
     "test_loss",
     "worst_subset_accuracy",
+    "total_mb",
     "rounds",
     "wall_seconds",
 )
@@ -166,6 +170,8 @@ def load_cells(sweep_dir: os.PathLike | str) -> tuple[pd.DataFrame, list[str]]:
         for key in ("test_accuracy", "test_auc", "test_loss", "worst_subset_accuracy", "rounds"):
             row[key] = fed.get(key)
         row["wall_seconds"] = summary.get("wall_seconds")
+        total = (summary.get("communication") or {}).get("total")
+        row["total_mb"] = (total["total_down"] + total["total_up"]) / 1e6 if total else None
         rows.append(row)
     if unfinished:
         notes.append(
@@ -488,6 +494,33 @@ def plot_algorithms(agg: pd.DataFrame, metric: str, path: os.PathLike | str) -> 
     return plots.save_figure(fig, path)
 
 
+def plot_vs_communication(
+    agg: pd.DataFrame, metric: str, path: os.PathLike | str
+) -> pathlib.Path | None:
+    """Mean `metric` against mean MB moved, a marker per algorithm (and model), a point per
+    partition; None if no cell recorded its communication."""
+    cells = agg[agg["total_mb_mean"].notna()]
+    if cells.empty:
+        return None
+    several = agg["model"].nunique() > 1
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for (alg, model), group in cells.groupby(["algorithm", "model"], sort=False):
+        ax.scatter(
+            group["total_mb_mean"],
+            group[f"{metric}_mean"],
+            label=_series_label(alg, model, several),
+        )
+        for _, row in group.iterrows():
+            ax.annotate(row["partition"], (row["total_mb_mean"], row[f"{metric}_mean"]), fontsize=7)
+    ax.set_xlabel("MB moved per run (server to clients and back)")
+    ax.set_ylabel(f"test {METRICS[metric][0]}")
+    ax.set_title(f"test {METRICS[metric][0]} against communication (means over seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return plots.save_figure(fig, path)
+
+
 def read_partition_counts(path: os.PathLike | str) -> pd.DataFrame:
     """A run's partition.csv as a clients x classes count table (the totals dropped)."""
     counts = pd.read_csv(path, index_col=0, dtype={0: str})
@@ -568,6 +601,12 @@ def write_report(sweep_dir: os.PathLike | str, metric: str = "test_accuracy") ->
         else:
             files.append(path)
     files.append(plot_algorithms(agg, metric, out / "algorithms.png"))
+    path = out / f"{short}_vs_mb.png"
+    if plot_vs_communication(agg, metric, path) is None:
+        notes.append(f"no cell recorded its communication; skipped {path.name}")
+        path.unlink(missing_ok=True)
+    else:
+        files.append(path)
     heat_maps, heat_notes = plot_partitions(sweep_dir, order, out / "partitions")
     files += heat_maps
     notes += heat_notes

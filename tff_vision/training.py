@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import math
 import os
 import pathlib
 import time
@@ -30,7 +31,8 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision import algorithms, evaluation, interrupts, runtime
+from tff_vision import algorithms, communication, evaluation, interrupts, runtime
+from tff_vision.availability import Availability, num_batches
 from tff_vision.progress import Progress
 from tff_vision.selection import Selection
 
@@ -57,7 +59,9 @@ class FederatedOutcome:
 
     `final_eval` is the last round's test evaluation; `summary` the federated
     entry of summary.json (the round reported, see `Selection.report`) and
-    `selected_eval` that round's test evaluation.
+    `selected_eval` that round's test evaluation. `client_weights`, where
+    asked for (`FederatedTrainer.client_weights`), is the model each client
+    receives from the last round.
     """
 
     state: Any
@@ -67,6 +71,8 @@ class FederatedOutcome:
     seconds: float
     summary: dict[str, Any]
     selected_eval: evaluation.EvalResult
+    client_weights: list | None = None
+    communication: dict[str, Any] | None = None
 
 
 class RoundStep:
@@ -84,21 +90,67 @@ class RoundStep:
         initial_weights: `tff.learning.models.ModelWeights` replacing the
             process's own initialization.
         clients_per_round: Clients sampled per round (all when 0 or >= clients).
+        availability: Which sampled clients report and how much work they do
+            (`availability.Availability`; default: all of them, all of it).
+            With one that is active, `participation` describes the last round:
+            clients sampled and reporting, and batches done out of the full ones.
     """
 
-    def __init__(self, process, data, initial_weights, clients_per_round: int = 0):
+    def __init__(
+        self,
+        process,
+        data,
+        initial_weights,
+        clients_per_round: int = 0,
+        availability: Availability | None = None,
+    ):
         self.process, self.data, self.initial_weights = process, data, initial_weights
         self.clients_per_round = clients_per_round or len(data.client_ids)
+        self.availability = availability or Availability()
+        self.participation: dict[str, Any] = {}
+        self.reported: list[str] = []
 
     def initial_state(self):
         state = self.process.initialize()
         return self.process.set_model_weights(state, self.initial_weights)
 
     def next(self, state, round_num: int):
-        """Runs round `round_num` from `state`; returns the process's `LearningProcessOutput`."""
+        """Runs round `round_num` from `state`; returns the process's `LearningProcessOutput`.
+
+        A round in which no sampled client reports leaves `state` unchanged
+        (its output has no metrics).
+        """
         clients = self.data.sample_clients(round_num, self.clients_per_round)
-        datasets = [self.data.round_dataset(c, round_num) for c in clients]
-        return self.process.next(state, datasets)
+        reporting = self.availability.reporting(round_num, clients)
+        self.reported = reporting
+        work = [self._client_work(c, round_num) for c in reporting]
+        if self.availability.active:
+            self.participation = {
+                "clients_sampled": len(clients),
+                "clients_reporting": len(reporting),
+                "reporting_clients": " ".join(reporting),
+                "batches_done": sum(done for _, done, _ in work),
+                "batches_full": sum(full for _, _, full in work),
+            }
+        if not work:
+            return tff.learning.templates.LearningProcessOutput(state, None)
+        return self.process.next(state, [data for data, _, _ in work])
+
+    def clients_reporting(self, round_num: int) -> list[str]:
+        """The clients that report in round `round_num` (no side effect: for past rounds)."""
+        clients = self.data.clients_of_round(round_num, self.clients_per_round)
+        return self.availability.reporting(round_num, clients)
+
+    def _client_work(self, client: str, round_num: int) -> tuple[Any, int, int]:
+        """(the client's round data, batches it does, its full batches), after partial work."""
+        data = self.data.round_dataset(client, round_num)
+        if not self.availability.partial_work:
+            return data, 0, 0
+        index, dataset = data if isinstance(data, tuple) else (None, data)
+        full = num_batches(dataset)
+        done = self.availability.batches(round_num, client, full)
+        dataset = dataset.take(done)
+        return (dataset if index is None else (index, dataset)), done, full
 
     def model_weights(self, state):
         """The global `ModelWeights` of `state`."""
@@ -131,6 +183,11 @@ class FederatedTrainer:
             long-running worker accumulates. Results do not change.
         selection: Scores each evaluated round on the validation split and keeps
             the round to report (None: no validation, the last round).
+        availability: Client dropout and partial work (see `RoundStep`); the
+            rounds' participation joins metrics.csv.
+        client_bytes: What one reporting client receives and sends per round
+            (`communication.client_bytes(process)`): metrics.csv gets the
+            round's and the cumulative `bytes_*` columns, the outcome the totals.
     """
 
     def __init__(
@@ -148,8 +205,11 @@ class FederatedTrainer:
         printer: Callable[[str], None] = print,
         restart_workers_every: int = 0,
         selection: Selection | None = None,
+        availability: Availability | None = None,
+        client_bytes: communication.RoundBytes | None = None,
     ):
-        self.step = RoundStep(process, data, initial_weights, clients_per_round)
+        self.step = RoundStep(process, data, initial_weights, clients_per_round, availability)
+        self.client_bytes = client_bytes
         self.rounds = rounds
         self.restart_workers_every = restart_workers_every
         self.eval_model, self.evaluate = eval_model, evaluate
@@ -177,6 +237,11 @@ class FederatedTrainer:
             return initial, 0
         latest = max(versions)
         return _run_coroutine(self.state_manager.load(latest, initial)), latest
+
+    def client_weights(self, state) -> list:
+        """The `ModelWeights` each client receives in `state`: its own, or the global model."""
+        own = self.step.client_models(state)
+        return own or [self.step.model_weights(state)] * len(self.step.data.client_ids)
 
     def _score(self, state) -> tuple[evaluation.EvalResult, evaluation.EvalResult | None]:
         """Test, then (with a selection) val evaluation of `state`'s model.
@@ -206,12 +271,22 @@ class FederatedTrainer:
             self.printer(f"[federated] resuming after round {done} from {self.checkpoint_dir}")
         progress = Progress("federated", self.rounds, printer=self.printer)
         final_eval = final_val = None
+        client_rounds = sum(len(self.step.clients_reporting(r)) for r in range(1, done + 1))
         for round_num in range(done + 1, self.rounds + 1):
             interrupts.raise_if_interrupted()
             t0 = time.monotonic()
             output = self.step.next(state, round_num)
             state = output.state
             row = _train_row(output.metrics)
+            row.update(self.step.participation)
+            client_rounds += len(self.step.reported)
+            if self.client_bytes is not None:
+                row.update(
+                    communication.metrics_row(
+                        self.client_bytes.times(len(self.step.reported)),
+                        self.client_bytes.times(client_rounds),
+                    )
+                )
             row["round_seconds"] = time.monotonic() - t0
             if round_num % self.eval_every == 0 or round_num == self.rounds:
                 final_eval, final_val = self._score(state)
@@ -234,7 +309,14 @@ class FederatedTrainer:
         else:
             summary, selected = self.selection.report(self.rounds, final_eval, final_val)
         seconds = time.monotonic() - start
-        return FederatedOutcome(state, final_eval, self.rounds, done, seconds, summary, selected)
+        outcome = FederatedOutcome(state, final_eval, self.rounds, done, seconds, summary, selected)
+        if self.client_bytes is not None:
+            outcome.communication = {
+                "per_client_per_round": self.client_bytes.as_dict(),
+                "client_rounds": client_rounds,
+                "total": self.client_bytes.times(client_rounds).as_dict(),
+            }
+        return outcome
 
     async def _release(self, row: dict[str, float], round_num: int) -> None:
         await self.csv.release(row, key=round_num)
@@ -242,6 +324,8 @@ class FederatedTrainer:
 
 
 def _train_row(metrics) -> dict[str, float]:
+    if metrics is None:  # No client reported.
+        return {"train_loss": math.nan, "train_accuracy": math.nan, "train_examples": 0}
     train = metrics["client_work"]["train"]
     return {
         "train_loss": float(train["loss"]),
