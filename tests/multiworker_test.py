@@ -79,7 +79,7 @@ class MultiWorkerTest(absltest.TestCase):
         workers = runtime.start_local_workers(2)
         self.assertLen(workers, 2)
         for worker in workers:
-            self.assertTrue(worker.target.startswith("127.0.0.1:"), worker.target)
+            self.assertTrue(worker.target.startswith("unix:"), worker.target)
         self.assertCountEqual(runtime.find_workers(os.getpid()), [w.process.pid for w in workers])
         runtime.start_multi_worker_context([w.target for w in workers])
         got, metrics = self._train()

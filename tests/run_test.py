@@ -254,7 +254,7 @@ class RunnerTest(run_testing.RunnerTestCase):
             f"--output_dir={out}",
         )
         summary = self.assertFinished(result, out)
-        self.assertIn("TFF workers: 127.0.0.1:", result.stdout)
+        self.assertIn("TFF workers: unix:", result.stdout)
         self.assertIn("[federated] fresh TFF worker(s) after round 1", result.stdout)
         self.assertEqual(
             sorted(p.name for p in out.glob("worker_*.log")), ["worker_0.log", "worker_1.log"]

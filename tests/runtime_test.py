@@ -49,6 +49,22 @@ def _wait_gone(pids, timeout=15.0):
     return alive
 
 
+def _relays(owner_pid):
+    """PIDs of live network relays (`tff_vision.loopback`) of the workers of `owner_pid`."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or len(cmdline) < 4:
+            continue
+        if cmdline[-4].endswith("loopback.py") and cmdline[-1] == str(owner_pid):
+            found.append(proc.info["pid"])
+    return found
+
+
+def _namespaces_available():
+    return subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
+
+
 class WorkerCleanupTest(absltest.TestCase):
     def _run(self, mode):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -69,6 +85,7 @@ class WorkerCleanupTest(absltest.TestCase):
             self.assertEqual(proc.returncode, expected_rc, err[-2000:])
             self.assertIn("mean 3.0", out)
             self.assertEqual(runtime.find_workers(owner_pid=proc.pid), [])
+            self.assertEqual(_relays(proc.pid), [])
 
     def _kill_while_running(self, sig):
         proc = self._run("hang")
@@ -78,9 +95,14 @@ class WorkerCleanupTest(absltest.TestCase):
                 break
         workers = runtime.find_workers(owner_pid=proc.pid)
         self.assertLen(workers, 1)
+        relays = _relays(proc.pid)
+        self.assertLen(relays, 1 if _namespaces_available() else 0)  # See listener_test.
+        sockets = [psutil.Process(pid).cmdline()[-3] for pid in relays]
         proc.send_signal(sig)
         proc.communicate(timeout=60)
-        self.assertEqual(_wait_gone(workers), [])
+        self.assertEqual(_wait_gone(workers + relays), [])
+        for path in sockets:
+            self.assertFalse(os.path.exists(os.path.dirname(path)), path)
 
     def test_sigkill_of_parent_ends_worker(self):
         self._kill_while_running(signal.SIGKILL)

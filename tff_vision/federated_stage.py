@@ -237,7 +237,7 @@ def _start_execution_context(config: ExperimentConfig, out: pathlib.Path, printe
     """TFF's execution context for the run: one local worker, or several (--workers...)."""
     if config.local_workers:
         workers = runtime.start_local_multi_worker_context(config.local_workers, log_dir=out)
-        printer(f"TFF workers: {', '.join(w.target for w in workers)} (local, loopback)")
+        printer(f"TFF workers: {', '.join(w.target for w in workers)} (local, private network)")
     elif config.workers:
         runtime.start_multi_worker_context(config.workers)
         printer(f"TFF workers: {', '.join(config.workers)} (remote, unauthenticated gRPC)")

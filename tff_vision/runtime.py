@@ -22,7 +22,10 @@ Between rounds everything that matters lives in Python, so
 `restart_local_workers()` can replace our workers by fresh ones (with the same
 settings) to bound the memory a long-running worker accumulates.
 
-Security: a TFF 0.87 worker listens on all interfaces and answers anyone, unauthenticated.
+Security: a TFF 0.87 worker answers anyone who reaches its port, unauthenticated. Local
+workers therefore serve in a network namespace of their own, reached through a Unix socket
+only this user can open (`tff_vision.loopback`); where the OS refuses that, they listen on all
+interfaces and a warning says so. Remote `--workers` are the user's to protect.
 """
 
 import atexit
@@ -89,9 +92,9 @@ def _make_stub(target: str, worker: LocalWorker | None = None, timeout: float = 
     deadline = time.monotonic() + timeout
     while not stub.is_ready:
         if worker is not None and not worker.alive():
-            raise RuntimeSetupError(
-                f"TFF worker on {target} exited with status {worker.process.returncode}"
-            )
+            status = worker.process.poll()
+            what = "its network relay ended" if status is None else f"exited with status {status}"
+            raise RuntimeSetupError(f"TFF worker on {target}: {what}")
         if time.monotonic() > deadline:
             raise RuntimeSetupError(
                 f"no TFF executor service answered at {target} in {timeout:.0f}s"
@@ -244,16 +247,18 @@ def start_local_workers(
     log_dir: os.PathLike | None = None,
     env: dict[str, str] | None = None,
 ) -> list[LocalWorker]:
-    """Starts `n` managed `worker_binary` executor services reached through loopback.
+    """Starts `n` managed `worker_binary` executor services that only this user can reach.
 
-    Each is a `LocalWorker` registered for `shutdown()` and the exit hooks.
+    Each is a `LocalWorker` (in a private network namespace where the OS
+    allows it) registered for `shutdown()` and the exit hooks.
     This only starts them; pass `[w.target for w in workers]` to
     `start_multi_worker_context`.
 
     Args:
         n: number of workers, >= 1.
-        host: loopback address to reach them by ("127.0.0.1", "::1",
-            "localhost"); anything else is refused.
+        host: loopback address to reach them by where they cannot have a
+            network of their own ("127.0.0.1", "::1", "localhost"); anything
+            else is refused.
         max_concurrent_computation_calls: passed to every worker.
         log_dir: if given, worker i writes its output to `log_dir/worker_i.log`.
         env: extra environment variables for the workers.
@@ -290,16 +295,18 @@ def start_multi_worker_context(
     dependent aggregation stages cannot be compiled this way and fail at call
     time with TFF's `ValueError`.
 
-    Targets are `host:port` strings. Local workers come from
-    `start_local_workers`; a remote `worker_binary` (started by the user on
-    another machine) is an explicit opt-in by listing its address here.
+    Targets are gRPC targets: `host:port`, or a local worker's
+    `unix:<socket>`. Local workers come from `start_local_workers`; a remote
+    `worker_binary` (started by the user on another machine) is an explicit
+    opt-in by listing its address here.
     WARNING: TFF's executor service speaks plain, unauthenticated,
     unencrypted gRPC: anyone who can reach a worker's port can run arbitrary
-    TensorFlow on it and read the model and client data sent to it. Only use
-    remote workers inside a trusted, private network.
+    TensorFlow on it and read the model and client data sent to it. Reach
+    remote workers through an SSH tunnel (`localhost:<port>`), or only inside
+    a trusted, private network.
 
     Args:
-        targets: executor service addresses, e.g. `["127.0.0.1:41234", ...]`.
+        targets: executor service addresses, e.g. `["localhost:9001", w.target]`.
         default_num_clients: CLIENTS cardinality when it cannot be inferred.
         num_subrounds: slices per call (default `len(targets)`); more than
             targets runs the extra slices one after another.
