@@ -446,13 +446,8 @@ def plot_vs_parameter(
     ax.set_xticks(values)
     ax.set_xticklabels([f"{v:g}" for v in values])
     ax.minorticks_off()
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"test {METRICS[metric][0]}")
-    ax.set_title(f"test {METRICS[metric][0]} vs {xlabel} (mean, 95% CI over seeds)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    return plots.save_figure(fig, path)
+    title = f"test {METRICS[metric][0]} vs {xlabel} (mean, 95% CI over seeds)"
+    return _save_metric_plot(fig, ax, metric, xlabel, title, path)
 
 
 def _half_widths(agg: pd.DataFrame, metric: str) -> np.ndarray:
@@ -512,9 +507,16 @@ def plot_vs_communication(
         )
         for _, row in group.iterrows():
             ax.annotate(row["partition"], (row["total_mb_mean"], row[f"{metric}_mean"]), fontsize=7)
-    ax.set_xlabel("MB moved per run (server to clients and back)")
+    xlabel = "MB moved per run (server to clients and back)"
+    title = f"test {METRICS[metric][0]} against communication (means over seeds)"
+    return _save_metric_plot(fig, ax, metric, xlabel, title, path)
+
+
+def _save_metric_plot(fig, ax, metric: str, xlabel: str, title: str, path) -> pathlib.Path:
+    """Labels, grid and legend of a plot of test `metric`; saves it to `path`."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"test {METRICS[metric][0]}")
-    ax.set_title(f"test {METRICS[metric][0]} against communication (means over seeds)")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
