@@ -43,7 +43,14 @@ ALGORITHM_SETTINGS = {
     "scaffold": dict(_SGD, client_lr=0.1, client_momentum=0.0),
     "fednova": dict(_SGD, client_lr=0.1, client_momentum=0.9),
     "fedbn": dict(_SGD, client_lr=0.02, client_momentum=0.9, norm="batch"),
+    # Scored on each client's own model (the shared body with its own head). Ditto is not
+    # here: its personal models, each trained on a client lacking one class and scored on
+    # the whole test split, stay below the accuracy bar in 6 rounds.
+    "fedper": _ADAM,
+    "fedrep": _ADAM,
 }
+# The algorithms scored on each client's own model, one per client.
+_OWN_MODELS = ("fedbn", "fedper", "fedrep")
 
 
 class AlgorithmsLearnTest(run_testing.RunnerTestCase):
@@ -78,7 +85,7 @@ class AlgorithmsLearnTest(run_testing.RunnerTestCase):
         # The confusion matrix is the reported model's (FedBN: each client's own, summed):
         # its columns count the predictions.
         models = len(fed.get("per_client", {})) or 1
-        self.assertEqual(models, 3 if algorithm == "fedbn" else 1)
+        self.assertEqual(models, 3 if algorithm in _OWN_MODELS else 1)
         confusion = np.array(summary["confusion_matrix"])
         self.assertEqual(confusion.sum(), self.num_test * models)
         self.assertAlmostEqual(np.trace(confusion) / confusion.sum(), fed["test_accuracy"])

@@ -99,6 +99,46 @@ class CheckCombinationTest(parameterized.TestCase):
             "--workers/--local_workers or use --norm=group",
         ),
         (
+            "fedper_refuses_batch_norm",
+            "fedper",
+            dict(norm="batch"),
+            "--algorithm=fedper needs --norm=group or none, got --norm=batch",
+        ),
+        (
+            "fedrep_refuses_dp",
+            "fedrep",
+            dict(aggregator="dp"),
+            "--aggregator=dp does not work with --algorithm=fedrep (see "
+            "tff_vision/algorithms/__init__.py); use fedavg, fedprox or a FedOpt variant",
+        ),
+        (
+            "ditto_refuses_secure",
+            "ditto",
+            dict(aggregator="secure"),
+            "--aggregator=secure does not work with --algorithm=ditto (see "
+            "tff_vision/algorithms/__init__.py); use fedavg, fedprox or a FedOpt variant",
+        ),
+        (
+            "ditto_trains_with_sgd",
+            "ditto",
+            dict(client_optimizer="adam"),
+            "--algorithm=ditto trains clients with sgd; got --client_optimizer=adam",
+        ),
+        (
+            "fedper_has_no_schedule",
+            "fedper",
+            dict(client_lr_schedule="cosine"),
+            "--algorithm=fedper has no client learning-rate schedule; "
+            "pass --client_lr_schedule=constant",
+        ),
+        (
+            "ditto_on_one_worker",
+            "ditto",
+            dict(distributed=True),
+            "--algorithm=ditto keeps per-client state on the server and runs on one TFF "
+            "worker; drop --workers/--local_workers",
+        ),
+        (
             "scaffold_on_one_worker",
             "scaffold",
             dict(distributed=True),
@@ -124,13 +164,22 @@ class CheckCombinationTest(parameterized.TestCase):
         check_combination(
             "fedavg", **dict(_FINE, client_optimizer="adam", client_lr_schedule="cosine")
         )
+        # The personalized ones: any aggregator that sees only the model update, no BatchNorm;
+        # FedPer and FedRep with any client optimizer, Ditto with SGD and momentum.
+        for name in ("fedper", "fedrep", "ditto"):
+            for norm in ("group", "none"):
+                for aggregator in ("mean", "robust", "compression"):
+                    check_combination(name, **dict(_FINE, norm=norm, aggregator=aggregator))
+        for name in ("fedper", "fedrep"):
+            check_combination(name, **dict(_FINE, client_optimizer="adam", client_momentum=0.9))
+        check_combination("ditto", **dict(_FINE, client_momentum=0.9))
         with self.assertRaisesRegex(ValueError, "unknown --algorithm 'fedsgd'"):
             check_combination("fedsgd", **_FINE)
 
     def test_registry_entries(self):
         self.assertEqual(ALGORITHMS, tuple(ALGORITHM_INFO))
         indexed = {name for name, spec in ALGORITHM_INFO.items() if spec.indexed_clients}
-        self.assertEqual(indexed, {"scaffold", "fedbn"})
+        self.assertEqual(indexed, {"scaffold", "fedbn", "fedper", "fedrep", "ditto"})
         for spec in ALGORITHM_INFO.values():
             self.assertTrue(spec.description)
 
@@ -157,6 +206,15 @@ class BuildProcessRefusesTest(parameterized.TestCase):
             ("fedprox", dict(proximal_strength=0.0), "needs proximal_strength > 0"),
             ("scaffold", dict(num_clients=3), "needs client_learning_rate"),
             ("fedbn", dict(), "needs num_clients"),
+            ("fedrep", dict(model_aggregator=dp), "cannot take an unweighted"),
+            ("ditto", dict(model_aggregator=secure), "secure sum hides nothing"),
+            ("fedper", dict(client_learning_rate_fn=schedule), "takes no client learning-rate"),
+            ("ditto", dict(num_clients=3), "needs client_learning_rate"),
+            (
+                "fedper",
+                dict(model_fn=bn_model_fn, num_clients=3),
+                "does not take a BatchNorm model",
+            ),
             ("fedavg", dict(model_aggregator=dp, model_fn=bn_model_fn), "outside DP or secure"),
             (
                 "fednova",

@@ -1,8 +1,9 @@
 """Stopped and resumed runs end exactly where uninterrupted ones do, for every stateful algorithm.
 
 SCAFFOLD (control variates), FedOpt (server Adam moments), FedBN (per-client
-BatchNorm tables) and DP-FedAvg with adaptive clipping (clip-norm estimate,
-noise seed) keep state beyond the model weights. Each case runs an
+BatchNorm tables), FedPer and FedRep (per-client heads), Ditto (personal
+models) and DP-FedAvg with adaptive clipping (clip-norm estimate, noise seed)
+keep state beyond the model weights. Each case runs an
 experiment to the end, then the same experiment again in a new directory,
 stopped right after round 2 is checkpointed (the runner's Ctrl-C path:
 KeyboardInterrupt), and rerun. Metrics of every round and the final summary
@@ -39,6 +40,9 @@ CASES = {
     "scaffold": dict(algorithm="scaffold", client_momentum=0.0, clients_per_round=2),
     "fedadam": dict(algorithm="fedadam", server_lr=0.01),
     "fedbn": dict(algorithm="fedbn", norm="batch"),
+    "fedper": dict(algorithm="fedper", clients_per_round=2),
+    "fedrep": dict(algorithm="fedrep", fedrep_head_epochs=2),
+    "ditto": dict(algorithm="ditto", ditto_lambda=0.5, clients_per_round=2),
     "dp_adaptive_clip": dict(
         algorithm="fedavg",
         aggregator="dp",

@@ -198,8 +198,9 @@ class AlgorithmSettings:
     )
     fedrep_head_epochs: int = option(
         1,
-        "FedRep (--algorithm=fedrep): passes over local data that train the head (body frozen) "
-        "before each round's --local_epochs body passes.",
+        "FedRep (--algorithm=fedrep): passes over each round's client data (--local_epochs "
+        "epochs or --local_steps batches each) that train the head, body frozen, before the "
+        "round's body pass.",
         lower_bound=1,
     )
 

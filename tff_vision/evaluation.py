@@ -350,8 +350,9 @@ class ClientModelsResult(EvalResult):
     """Every client's own model scored on one split, for algorithms without one global model.
 
     Under FedBN each client's model is the shared weights with its own
-    normalization layers; the model the server holds (shared weights with
-    averaged normalization) is used by no client, so it is not what is scored.
+    normalization layers (FedPer and FedRep: the shared body with its own head;
+    Ditto: its personal model); the model the server holds (with averaged local
+    parts) is used by no client, so it is not what is scored.
     `accuracy`, `auc` and `loss` are the mean over clients of each client's own
     model on the whole split (the convention of the FedBN paper's tables);
     `per_client_subset_accuracy`/`_auc` give client k's own model on client
@@ -366,7 +367,10 @@ class ClientModelsResult(EvalResult):
     clients: dict[str, EvalResult] = dataclasses.field(default_factory=dict, repr=False)
     model: str = dataclasses.field(default="", compare=False)
 
-    MODEL = "each client's own model (shared weights + its own normalization layers)"
+    MODEL = (
+        "each client's own model (fedbn: the shared weights with its own normalization layers; "
+        "fedper, fedrep: the shared body with its own head; ditto: its personal model)"
+    )
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         """`EvalResult.as_dict` plus `prefix + "client/<k>/accuracy"` and `.../auc`."""

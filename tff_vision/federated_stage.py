@@ -150,6 +150,10 @@ def algorithm_settings(
     out: dict[str, Any] = {"name": config.algorithm, "aggregator": config.aggregator}
     if config.algorithm == "fedprox":
         out["proximal_strength"] = config.proximal_strength
+    if config.algorithm == "ditto":
+        out["ditto_lambda"] = config.ditto_lambda
+    if config.algorithm == "fedrep":
+        out["fedrep_head_epochs"] = config.fedrep_head_epochs
     out.update(server.as_dict())
     if config.aggregator == "dp":
         out.update(
@@ -198,6 +202,8 @@ def run_federated(
             client_learning_rate=config.client_lr,
             client_momentum=config.client_momentum,
             num_clients=config.num_clients,
+            ditto_lambda=config.ditto_lambda,
+            fedrep_head_epochs=config.fedrep_head_epochs,
         )
         if config.workers or config.local_workers:
             _check_mergeable(config.algorithm, process.next)

@@ -1,13 +1,13 @@
 """What each hospital gets: every arm scored, at each hospital, on that hospital's own patients.
 
 A hospital joins a federation to treat its own patients better. For each arm
-of a run this takes the model that hospital would deploy (the global model;
-under FedBN its own model, the shared weights with its normalization; its
-local-only model; the pooled model; its fine-tuned model) scored on the test examples of the
-classes the hospital holds, and gives each hospital's accuracy and AUC, the
-worst hospital and the spread (max - min). The numbers come from the arms'
-summary entries (`EvalResult.summary`), so they are those of each arm's
-reported round.
+of a run this takes the model that hospital would deploy (the global model, or
+under FedBN, FedPer, FedRep and Ditto its own one, see
+`evaluation.ClientModelsResult`; its local-only model; the pooled model; its
+fine-tuned model) scored on the test examples of the classes the hospital
+holds, and gives each hospital's accuracy and AUC, the worst hospital and the
+spread (max - min). The numbers come from the arms' summary entries
+(`EvalResult.summary`), so they are those of each arm's reported round.
 """
 
 from __future__ import annotations

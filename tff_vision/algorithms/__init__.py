@@ -11,14 +11,20 @@
     scaffold    SCAFFOLD (Karimireddy et al., 2020)             scaffold.py
     fednova     FedNova (Wang et al., 2020)                     fednova.py
     fedbn       FedBN (Li et al., 2021), BatchNorm stays local  fedbn.py
+    fedper      FedPer (Arivazhagan et al., 2019), own heads    fedper.py
+    fedrep      FedRep (Collins et al., 2021), head then body   fedrep.py
+    ditto       Ditto (Li et al., 2021), personal models        ditto.py
 
 What each accepts is in `registry.py` (`ALGORITHM_INFO[name]`), whose
 `check_combination` refuses flag combinations that cannot work. In short:
-scaffold, fednova and fedbn take no client learning-rate schedule; scaffold
-and fednova train clients with plain SGD (scaffold without momentum); fedbn
-needs BatchNorm; the dp aggregator works with fedavg, fedprox and the FedOpt
+scaffold, fednova, fedbn, fedper, fedrep and ditto take no client
+learning-rate schedule; scaffold, fednova and ditto train clients with local
+SGD (scaffold without momentum); fedbn needs BatchNorm, fedper, fedrep and
+ditto refuse it; the dp aggregator works with fedavg, fedprox and the FedOpt
 variants only, and the secure one with those and fednova, neither with
-BatchNorm; scaffold and fedbn keep per-client state and run on one TFF worker.
+BatchNorm; scaffold, fedbn, fedper, fedrep and ditto keep per-client state
+(fedper and fedrep each client's head, ditto each client's personal model,
+all scored as each client's own model) and run on one TFF worker.
 
 With BatchNorm, every algorithm but fedbn ends each round by recomputing the
 global moving statistics for the new global model over the round's clients

@@ -1,4 +1,4 @@
-"""How the clients of the composed processes (FedProx, SCAFFOLD, FedNova, FedBN) train.
+"""How the clients of the composed processes (FedProx, SCAFFOLD, FedNova, FedBN, ...) train.
 
 `train_locally` runs a `tff.learning.optimizers.Optimizer` over every batch of
 a client dataset on a `tff.learning.models.VariableModel` (the same loop as
@@ -35,6 +35,7 @@ def train_locally(
     optimizer: tff.learning.optimizers.Optimizer,
     dataset: tf.data.Dataset,
     gradient_correction: GradientCorrection | None = None,
+    variable_slots: Sequence[int] | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Trains `model` in place with one `optimizer` step per batch of `dataset`.
 
@@ -49,12 +50,17 @@ def train_locally(
         gradient_correction: Optional function mapping the list of batch
             gradients (one per trainable variable) to the gradients the
             optimizer receives.
+        variable_slots: Positions in `ModelWeights.trainable` of the variables
+            to train (FedRep's head or body); the others stay frozen and get
+            no gradient. None: all of them.
 
     Returns:
         `(num_examples, num_steps)`, both int64 scalars: the examples trained
         on and the number of optimizer steps (batches).
     """
     trainable = list(tff.learning.models.ModelWeights.from_model(model).trainable)
+    if variable_slots is not None:
+        trainable = [trainable[i] for i in variable_slots]
     specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
 
     def reduce_fn(loop_state, batch):

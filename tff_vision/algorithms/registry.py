@@ -15,7 +15,7 @@ from typing import Any
 import tensorflow_federated as tff
 
 from tff_vision import aggregators as aggregators_lib
-from tff_vision.algorithms import _batchnorm, fedbn, fednova, scaffold
+from tff_vision.algorithms import _batchnorm, ditto, fedbn, fednova, fedper, fedrep, scaffold
 from tff_vision.algorithms.fedavg import build_fedavg
 from tff_vision.algorithms.fedopt import ServerOptimizerSpec, server_optimizer_spec
 from tff_vision.algorithms.fedprox import build_fedprox
@@ -29,6 +29,8 @@ _CONVERSIONS: dict[str, Callable[[Any], Any]] = {
     "client_learning_rate": float,
     "client_momentum": float,
     "num_clients": int,
+    "ditto_lambda": float,
+    "head_epochs": int,
 }
 
 
@@ -45,15 +47,19 @@ class AlgorithmSpec:
             name, plus `client_weighting` for a builder that weights clients
             uniformly under DP. Taking `client_learning_rate_fn` is what
             accepting a client learning-rate schedule means.
-        norms: Normalization layers it works with; None for any.
+        norms: Normalization layers it works with; None for any. FedPer,
+            FedRep and Ditto refuse BatchNorm: nothing here keeps the
+            statistics of a client's own model.
         takes_client_momentum: Accepts client SGD momentum.
-        takes_dp: Accepts the dp aggregator. False for SCAFFOLD and FedBN,
-            whose clients also send the server per-client values in the clear
-            (control variates, local BatchNorm variables: no DP guarantee would
-            hold), and for FedNova, whose normalized averaging needs the client
-            weights that the unweighted DP mean drops.
-        takes_secure: Accepts the secure aggregator (False for SCAFFOLD and
-            FedBN, for the same reason: secure summation would hide nothing).
+        takes_dp: Accepts the dp aggregator. False for SCAFFOLD, FedBN and the
+            personalized ones, whose clients also send the server per-client
+            values in the clear (control variates, local BatchNorm variables,
+            heads, personal models: no DP guarantee would hold), and for
+            FedNova, whose normalized averaging needs the client weights that
+            the unweighted DP mean drops.
+        takes_secure: Accepts the secure aggregator (False for SCAFFOLD, FedBN
+            and the personalized ones, for the same reason: secure summation
+            would hide nothing).
         needs_proximal_strength: Needs mu > 0 (FedProx).
         indexed_clients: `next` takes `(client_index, dataset)` pairs (the
             process keeps per-client state, see `_client_state`), so it needs
@@ -95,11 +101,14 @@ class AlgorithmSpec:
 
 
 # Clients that send the server per-client values in the clear (SCAFFOLD's control variates,
-# FedBN's local BatchNorm variables) defeat DP and secure summation; the state that holds
-# those values is indexed by client and lives on one TFF worker.
+# FedBN's local BatchNorm variables, FedPer's and FedRep's heads, Ditto's personal models)
+# defeat DP and secure summation; the state that holds those values is indexed by client and
+# lives on one TFF worker.
 _PER_CLIENT_STATE = dict(takes_dp=False, takes_secure=False, indexed_clients=True)
+# Personalized algorithms keep per-client models whose BatchNorm statistics nothing maintains.
+_NO_BATCH_NORM = ("group", "none")
 # FedOpt differs from FedAvg only in the server optimizer (see fedopt.py). Scaffold, fednova
-# and fedbn run plain local SGD at a constant rate; scaffold and fedbn keep per-client state.
+# and ditto run local SGD; they and the algorithms with per-client state take a constant rate.
 _SPECS = (
     AlgorithmSpec("fedavg", "FedAvg: example-weighted mean of client models", build_fedavg),
     AlgorithmSpec(
@@ -135,6 +144,30 @@ _SPECS = (
         ("client_optimizer", "num_clients"),
         norms=("batch",),
         recomputes_batch_statistics=False,
+        **_PER_CLIENT_STATE,
+    ),
+    AlgorithmSpec(
+        "fedper",
+        "FedPer: FedAvg on the body, each client keeps its own head (last Dense layer)",
+        fedper.build_fedper,
+        ("client_optimizer", "num_clients"),
+        norms=_NO_BATCH_NORM,
+        **_PER_CLIENT_STATE,
+    ),
+    AlgorithmSpec(
+        "fedrep",
+        "FedRep: FedPer's split; clients train the head (--fedrep_head_epochs), then the body",
+        fedrep.build_fedrep,
+        ("client_optimizer", "num_clients", "head_epochs"),
+        norms=_NO_BATCH_NORM,
+        **_PER_CLIENT_STATE,
+    ),
+    AlgorithmSpec(
+        "ditto",
+        "Ditto: FedAvg + a personal model per client pulled to it (--ditto_lambda; local SGD)",
+        ditto.build_ditto,
+        ("client_learning_rate", "client_momentum", "num_clients", "ditto_lambda"),
+        norms=_NO_BATCH_NORM,
         **_PER_CLIENT_STATE,
     ),
 )
@@ -248,6 +281,8 @@ def build_process(
     client_learning_rate: float | None = None,
     client_momentum: float = 0.0,
     num_clients: int | None = None,
+    ditto_lambda: float = 0.1,
+    fedrep_head_epochs: int = 1,
 ):
     """Builds the `tff.learning.templates.LearningProcess` of algorithm `name`.
 
@@ -270,13 +305,18 @@ def build_process(
         proximal_strength: FedProx's mu (> 0 for fedprox, ignored otherwise).
         client_learning_rate: Local SGD rate of scaffold and fednova (they
             take no client optimizer).
-        client_momentum: fednova's local SGD momentum.
-        num_clients: Total clients (scaffold and fedbn keep per-client state).
+        client_momentum: Local SGD momentum of fednova and ditto.
+        num_clients: Total clients (scaffold, fedbn, fedper, fedrep and ditto
+            keep per-client state).
+        ditto_lambda: Ditto's lambda >= 0 (ignored otherwise).
+        fedrep_head_epochs: FedRep's head passes per round, >= 1 (ignored
+            otherwise).
 
     Raises:
         ValueError: For an unknown name or settings the algorithm cannot take
             (DP or secure aggregation of a BatchNorm model included, see
-            `AlgorithmSpec.recomputes_batch_statistics`).
+            `AlgorithmSpec.recomputes_batch_statistics`, and a BatchNorm model
+            for the algorithms whose `norms` exclude it).
     """
     if name not in ALGORITHM_INFO:
         raise ValueError(f"Unknown algorithm {name!r}; use one of {', '.join(ALGORITHMS)}")
@@ -294,6 +334,9 @@ def build_process(
         raise ValueError(f"{name} needs client_learning_rate (it runs plain local SGD)")
     if spec.indexed_clients and not num_clients:
         raise ValueError(f"{name} needs num_clients (it keeps per-client state)")
+    if spec.norms is not None and "batch" not in spec.norms:
+        if _batchnorm.batchnorm_slots(model_fn):
+            raise ValueError(f"{name} does not take a BatchNorm model; use GroupNorm or none")
     arguments = dict(
         client_optimizer=client_optimizer,
         client_learning_rate_fn=client_learning_rate_fn,
@@ -301,6 +344,8 @@ def build_process(
         client_learning_rate=client_learning_rate,
         client_momentum=client_momentum,
         num_clients=num_clients,
+        ditto_lambda=ditto_lambda,
+        head_epochs=fedrep_head_epochs,
         client_weighting=(
             tff.learning.ClientWeighting.UNIFORM
             if uniform
@@ -323,8 +368,9 @@ def client_models(process: Any, state: Any) -> list[Any] | None:
     """Each client's own `ModelWeights` in `state`, or None where all clients share one model.
 
     Algorithms that keep part of the model per client (FedBN's normalization
-    layers) give their processes a `client_models(state)` method; the global
-    model of such a process is used by no client, so it is these that are scored.
+    layers, FedPer's and FedRep's heads, Ditto's personal models) give their
+    processes a `client_models(state)` method; the global model of such a
+    process is used by no client, so it is these that are scored.
     """
     own = getattr(process, "client_models", None)
     return None if own is None else own(state)
