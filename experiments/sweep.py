@@ -13,6 +13,16 @@ Example:
       --dataset=retinamnist --data_dir=../shared/medmnist --rounds=3 --num_clients=3
   python -m experiments.report --sweep_dir=/tmp/s1
 
+With --launcher=ray each cell is a Ray task on a cluster instead (see
+`tff_vision.sweep.launchers`): the same command on whichever node has the
+cell's --cell_cpus and --cell_gpus free; --sweep_dir must be on a filesystem
+every node shares. Everything else (sweep.json, resume, progress) is the same.
+
+  ray start --head --port=6379                      # once per cluster, then on each node:
+  ray start --address=HEAD_HOST:6379
+  python -m experiments.sweep --launcher=ray --ray_address=HEAD_HOST:6379 \\
+      --cell_gpus=0.25 --sweep_dir=/shared/s1 ...
+
 Every `experiments.run` flag given here (all but --partition, --algorithm,
 --model, --seed and --output_dir, which the sweep sets per cell) is passed
 to every cell. Rerunning the same command skips done cells and resumes the
@@ -20,7 +30,8 @@ others; a rerun may add cells (new partitions, seeds, ...), but must keep the
 other flags.
 
 Exit status: 0 all cells done, 1 some cell failed (the others still ran),
-2 bad sweep flags (one-line error, nothing run), 130 interrupted.
+2 bad sweep flags or no reachable Ray cluster (one-line error, nothing run),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -54,6 +65,29 @@ flags.DEFINE_boolean("dry_run", False, "Print the cells and their status; run no
 flags.DEFINE_integer(
     "max_parallel", 1, "Cells run at once (for GPU machines; 1 on CPU).", lower_bound=1
 )
+flags.DEFINE_enum(
+    "launcher",
+    "local",
+    ["local", "ray"],
+    "Where cells run: local (subprocesses here, --max_parallel at once) or ray (one Ray task "
+    "per cell on the cluster at --ray_address; --sweep_dir on a filesystem all nodes share).",
+)
+flags.DEFINE_string(
+    "ray_address",
+    None,
+    "--launcher=ray: the cluster's HOST:PORT (as `ray start --head` printed it), or auto "
+    "(RAY_ADDRESS, else a cluster started on this machine). Default: auto.",
+)
+flags.DEFINE_float("cell_cpus", 1.0, "--launcher=ray: CPUs Ray reserves for each cell.")
+flags.DEFINE_float(
+    "cell_gpus",
+    0.0,
+    "--launcher=ray: GPUs Ray reserves for each cell; a fraction (e.g. 0.25) packs several "
+    "cells onto one GPU. A cell sees only the GPU Ray gives it (none with 0).",
+)
+
+_RAY_FLAGS = ("ray_address", "cell_cpus", "cell_gpus")
+_LOG = sweep.LOG_FILE
 
 FLAGS = flags.FLAGS
 
@@ -87,6 +121,25 @@ def _check_flags(argv: list[str]) -> None:
         fail("--sweep_dir is required; pass e.g. --sweep_dir=runs/sweep1")
     if not FLAGS.partitions:
         fail("--partitions is required; pass e.g. --partitions=iid,dirichlet:0.5")
+    _check_launcher_flags()
+
+
+def _check_launcher_flags() -> None:
+    """Fails (exit 2, one line) for flags of the other launcher or bad cell resources."""
+    if FLAGS.launcher == "local":
+        given = [name for name in _RAY_FLAGS if FLAGS[name].present]
+        if given:
+            fail(f"--{given[0]} applies to --launcher=ray only; add --launcher=ray or drop it")
+        return
+    if FLAGS["max_parallel"].present:
+        fail(
+            "--max_parallel applies to --launcher=local only; with --launcher=ray the cluster "
+            "runs as many cells as its resources hold (size each with --cell_cpus/--cell_gpus)"
+        )
+    try:
+        sweep.launchers.check_cell_resources(FLAGS.cell_cpus, FLAGS.cell_gpus)
+    except sweep.SweepError as e:
+        fail(str(e))
 
 
 def _plan(sweep_dir: pathlib.Path) -> tuple[list[sweep.Cell], sweep.SweepState, dict[str, str]]:
@@ -116,26 +169,47 @@ def _dry_run(
     print(f"first cell: {' '.join(cells[0].command(sweep_dir)[1:])}")
 
 
+def _launcher(sweep_dir: pathlib.Path) -> tuple[sweep.Launcher, str]:
+    """The launcher the flags ask for, and how it runs the cells (for the first line)."""
+    if FLAGS.launcher == "ray":
+        launcher = sweep.RayLauncher(
+            sweep_dir,
+            address=FLAGS.ray_address or "auto",
+            cell_cpus=FLAGS.cell_cpus,
+            cell_gpus=FLAGS.cell_gpus,
+        )
+        return launcher, launcher.describe()
+    launcher = sweep.LocalLauncher(
+        sweep_dir, python=sys.executable, max_parallel=FLAGS.max_parallel
+    )
+    return launcher, f"up to {FLAGS.max_parallel} at a time"
+
+
 def _run(
     sweep_dir: pathlib.Path, state: sweep.SweepState, cells: list[sweep.Cell], fixed: dict[str, str]
 ) -> sweep.Outcome:
-    """Records the grid in sweep.json and runs its cells, holding the sweep dir's lock."""
+    """Records the grid in sweep.json and runs its cells, holding the sweep dir's lock.
+
+    The launcher comes first: an unreachable Ray cluster fails before anything is written.
+    """
     say = functools.partial(print, flush=True)
+    launcher = None
     try:
+        launcher, how = _launcher(sweep_dir)
         with sweep.lock_sweep_dir(sweep_dir):
             change = state.merge(sweep.grid_axes(cells), cells, fixed)
             state.save()
-            say(
-                f"sweep {sweep_dir}: {len(cells)} cells, up to {FLAGS.max_parallel} at a time; "
-                f"logs in cells/<name>/{sweep.LOG_FILE}"
-            )
+            say(f"sweep {sweep_dir}: {len(cells)} cells, {how}; logs in cells/<name>/{_LOG}")
             if change.describe():
                 say(change.describe())
-            return sweep.Runner(state, cells, max_parallel=FLAGS.max_parallel, printer=say).run()
+            return sweep.Runner(state, cells, printer=say, launcher=launcher).run()
     except sweep.SweepError as e:
         fail(str(e))
     except OSError as e:
         fail(f"cannot write to --sweep_dir={sweep_dir} ({e.strerror or e}); choose a writable one")
+    finally:
+        if launcher is not None:
+            launcher.close()
 
 
 def main(argv: list[str]) -> None:

@@ -42,6 +42,7 @@ _SLOW_MODULES = frozenset(
         "resume_test",
         "run_test",
         "sweep_cli_test",
+        "sweep_ray_test",
     }
 )
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision.algorithms import _client_loops, _compose, _local_parts, fedbn
+from tff_vision.algorithms import _client_loops, _compose, _local_parts
 
 
 def _build_client_update(
@@ -84,7 +84,7 @@ def build_ditto(
     client_momentum: float = 0.0,
     model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
     metrics_aggregator: Callable[..., tff.Computation] | None = None,
-) -> fedbn.FedBNLearningProcess:
+) -> _local_parts.LocalPartsProcess:
     """Builds the Ditto learning process (see the module docstring).
 
     Args:
@@ -105,7 +105,7 @@ def build_ditto(
             `tff.learning.metrics.sum_then_finalize`.
 
     Returns:
-        A `fedbn.FedBNLearningProcess` keeping every variable per client:
+        A `_local_parts.LocalPartsProcess` keeping every variable per client:
         `next(state, client_data)` takes all clients' datasets in index order
         or `(client_index, dataset)` pairs; `client_models(state)` gives the
         personal models.
@@ -127,4 +127,6 @@ def build_ditto(
         )
 
     process = _compose.compose_process(model_fn, client_work, model_aggregator, server_optimizer)
-    return fedbn.FedBNLearningProcess(process, num_clients, slots.trainable, slots.non_trainable)
+    return _local_parts.LocalPartsProcess(
+        process, num_clients, slots.trainable, slots.non_trainable
+    )

@@ -9,10 +9,10 @@ fits it best. With shared weights `w`, client `i`'s normalization variables
     every client i in S trains from (w, b_i) to (w_i, b_i+); b_i <- b_i+
     server:  w <- w - server_optimizer_step(sum_i n_i (w - w_i) / sum_i n_i)
 
-The process is `_compose.compose_process` with `build_fedbn_client_work` and
-`build_fedbn_finalizer` (the server optimizer on the shared weights only).
-The `b_i` are a table in the server state (`_client_state`, with a count of
-each client's rounds), so saving the state resumes exactly. The global
+The process is `_local_parts.build_split_process` with the normalization
+variables as the kept part: the server optimizer on the shared weights only,
+the `b_i` a table in the server state (with a count of each client's rounds),
+so saving the state resumes exactly. The global
 model's normalization variables are the example-weighted mean of the round's
 `b_i+`, the start of a client's first round; no client uses that model, so
 evaluations score each client's own (`client_model_weights`, and
@@ -23,22 +23,18 @@ of `local_layer_names`, by default every `gamma`, `beta`, `moving_mean` and
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision.algorithms import _client_loops, _client_state, _compose, keras_model
+from tff_vision.algorithms import _client_loops, _local_parts, keras_model
 
-LOCAL_WEIGHTS = "local_weights"
-PARTICIPATIONS = "participations"
-TRAINABLE = "trainable"
-NON_TRAINABLE = "non_trainable"
-SHARED_UPDATE = "shared_update"
-LOCAL_MEAN = "local_mean"
+# The machinery is `_local_parts`'s, shared with FedPer, FedRep and Ditto.
+FedBNLearningProcess = _local_parts.LocalPartsProcess
+build_fedbn_finalizer = _local_parts.build_finalizer
+client_model_weights = _local_parts.client_model_weights
+LOCAL_WEIGHTS, PARTICIPATIONS = _local_parts.LOCAL_WEIGHTS, _local_parts.PARTICIPATIONS
 
 NORMALIZATION_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
 
@@ -82,84 +78,6 @@ def _local_slots(
     return slots
 
 
-def _split(values: Sequence[Any], local: Sequence[int]) -> tuple[list[Any], list[Any]]:
-    """`(shared, local)` entries of `values` by position."""
-    local_set = set(local)
-    return (
-        [v for i, v in enumerate(values) if i not in local_set],
-        [values[i] for i in local],
-    )
-
-
-def _merge(shared: Sequence[Any], local_values: Sequence[Any], local: Sequence[int]) -> list[Any]:
-    """Inverse of `_split`."""
-    size = len(shared) + len(local_values)
-    local_set = set(local)
-    shared_iter = iter(shared)
-    by_slot = dict(zip(local, local_values))
-    return [by_slot[i] if i in local_set else next(shared_iter) for i in range(size)]
-
-
-def _build_client_update(
-    model_fn: Callable[[], tff.learning.models.VariableModel],
-    optimizer: tff.learning.optimizers.Optimizer,
-    local_trainable: Sequence[int],
-    local_non_trainable: Sequence[int],
-):
-    """The `tf.function` of one client's FedBN round (traced inside a computation)."""
-    model = model_fn()
-
-    @tf.function
-    def client_update(initial_weights, dataset, client_row):
-        visited = client_row[PARTICIPATIONS] > 0
-        own = client_row[LOCAL_WEIGHTS]
-
-        def start(values, slots, own_values):
-            values = list(values)
-            for slot, value in zip(slots, own_values):
-                values[slot] = tf.where(visited, value, values[slot])
-            return values
-
-        start_trainable = start(initial_weights.trainable, local_trainable, own[TRAINABLE])
-        start_non_trainable = start(
-            initial_weights.non_trainable, local_non_trainable, own[NON_TRAINABLE]
-        )
-        weights = tff.learning.models.ModelWeights.from_model(model)
-        for variable, value in zip(weights.trainable, start_trainable):
-            variable.assign(value)
-        for variable, value in zip(weights.non_trainable, start_non_trainable):
-            variable.assign(value)
-        num_examples, _ = _client_loops.train_locally(model, optimizer, dataset)
-
-        final_trainable = [tf.identity(v) for v in weights.trainable]
-        final_non_trainable = [tf.identity(v) for v in weights.non_trainable]
-        start_shared, _ = _split(start_trainable, local_trainable)
-        final_shared, final_local_trainable = _split(final_trainable, local_trainable)
-        _, final_local_non_trainable = _split(final_non_trainable, local_non_trainable)
-        shared_update = [x - y for x, y in zip(start_shared, final_shared)]
-        local_values = collections.OrderedDict(
-            [(TRAINABLE, final_local_trainable), (NON_TRAINABLE, final_local_non_trainable)]
-        )
-        (shared_update, local_values), is_finite = _client_loops.zero_if_non_finite(
-            (shared_update, local_values)
-        )
-        # A client whose training diverged keeps the normalization it started from.
-        _, start_local_trainable = _split(start_trainable, local_trainable)
-        _, start_local_non_trainable = _split(start_non_trainable, local_non_trainable)
-        start_local = {TRAINABLE: start_local_trainable, NON_TRAINABLE: start_local_non_trainable}
-        new_row = collections.OrderedDict(
-            (key, [tf.where(is_finite, v, s) for v, s in zip(local_values[key], start_local[key])])
-            for key in (TRAINABLE, NON_TRAINABLE)
-        )
-        update = collections.OrderedDict(
-            [(SHARED_UPDATE, shared_update), (LOCAL_MEAN, local_values)]
-        )
-        result, metrics = _client_loops.finish_client(model, update, num_examples, is_finite)
-        return result, metrics, new_row
-
-    return client_update
-
-
 def _checked_local_slots(
     traced: _client_loops.TracedModel, local_layer_names: Sequence[str] | None
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -173,22 +91,6 @@ def _checked_local_slots(
             "normalization layers (e.g. norm='batch') or pass local_layer_names"
         )
     return local_trainable, local_non_trainable
-
-
-def _local_type(
-    weights_type: tff.Type, local_trainable: Sequence[int], local_non_trainable: Sequence[int]
-) -> tff.Type:
-    """The type of one client's local variables: `OrderedDict(trainable=, non_trainable=)`."""
-    trainable_specs = _client_loops.tensor_specs(weights_type.trainable)
-    non_trainable_specs = _client_loops.tensor_specs(weights_type.non_trainable)
-    return tff.types.tensorflow_to_type(
-        collections.OrderedDict(
-            [
-                (TRAINABLE, [trainable_specs[i] for i in local_trainable]),
-                (NON_TRAINABLE, [non_trainable_specs[i] for i in local_non_trainable]),
-            ]
-        )
-    )
 
 
 def build_fedbn_client_work(
@@ -218,188 +120,23 @@ def build_fedbn_client_work(
         metrics_aggregator: Builds the training-metrics aggregation; defaults
             to `tff.learning.metrics.sum_then_finalize`.
     """
-    if num_clients < 1:
-        raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     traced = _client_loops.trace_model(model_fn, metrics_aggregator)
-    local_trainable, local_non_trainable = _checked_local_slots(traced, local_layer_names)
-    weights_type = traced.weights_type
-    local_type = _local_type(weights_type, local_trainable, local_non_trainable)
-    table_type = _client_state.stacked_type(local_type, num_clients)
-    counts_type = tff.TensorType(np.int32, [num_clients])
-
-    @tff.tensorflow.computation
-    def initial_state():
-        return collections.OrderedDict(
-            [
-                (LOCAL_WEIGHTS, _client_state.zeros_like_type(table_type)),
-                (PARTICIPATIONS, tf.zeros([num_clients], tf.int32)),
-            ]
-        )
-
-    @tff.federated_computation
-    def init_fn():
-        return tff.federated_eval(initial_state, tff.SERVER)
-
-    state_type = init_fn.type_signature.result.member
-    row_type = tff.types.StructWithPythonType(
-        [(LOCAL_WEIGHTS, local_type), (PARTICIPATIONS, tff.TensorType(np.int32))],
-        collections.OrderedDict,
-    )
-
-    @tff.tensorflow.computation(
-        weights_type,
-        tff.SequenceType(traced.element_type),
-        tff.SequenceType(_client_state.flat_row_type(row_type)),
-    )
-    def client_update(initial_weights, dataset, client_row):
-        update_fn = _build_client_update(
-            model_fn, client_optimizer, local_trainable, local_non_trainable
-        )
-        return update_fn(initial_weights, dataset, _client_state.client_row(client_row, row_type))
-
-    @tff.tensorflow.computation(state_type, (table_type, counts_type))
-    def update_state(state, scattered):
-        new_rows, counts = scattered
-        return collections.OrderedDict(
-            [
-                (LOCAL_WEIGHTS, _client_state.replace_rows(state[LOCAL_WEIGHTS], new_rows, counts)),
-                (PARTICIPATIONS, state[PARTICIPATIONS] + counts),
-            ]
-        )
-
-    return _client_state.build_stateful_client_work(
-        init_fn, traced, num_clients, client_update, update_state
+    slots = _local_parts.Slots(*_checked_local_slots(traced, local_layer_names))
+    return _local_parts.build_client_work(
+        model_fn,
+        num_clients,
+        slots,
+        lambda: _local_parts.build_split_client_update(
+            model_fn, client_optimizer, slots, _train_locally
+        ),
+        metrics_aggregator,
     )
 
 
-def build_fedbn_finalizer(
-    server_optimizer: tff.learning.optimizers.Optimizer,
-    weights_type: tff.Type,
-    local_trainable: Sequence[int],
-    local_non_trainable: Sequence[int],
-) -> tff.learning.templates.FinalizerProcess:
-    """The FedBN finalizer: the server optimizer on the shared weights, local ones set.
-
-    Wraps `tff.learning.templates.build_apply_optimizer_finalizer` built for
-    the shared (non-local trainable) weights only, so that the optimizer state
-    covers exactly them. Its update is `OrderedDict(shared_update=...,
-    local_mean=...)` (the aggregated client update); the global model's local
-    variables are set to `local_mean` (a first-time client's start, see the module
-    docstring) and its other non-trainable variables are left unchanged.
-    """
-
-    @tff.tensorflow.computation(weights_type)
-    def shared_weights(weights):
-        shared, _ = _split(list(weights.trainable), local_trainable)
-        return tff.learning.models.ModelWeights(trainable=shared, non_trainable=[])
-
-    shared_type = shared_weights.type_signature.result
-    inner = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, shared_type)
-    update_type = tff.types.StructWithPythonType(
-        [
-            (SHARED_UPDATE, shared_type.trainable),
-            (
-                LOCAL_MEAN,
-                tff.types.StructWithPythonType(
-                    [
-                        (TRAINABLE, [weights_type.trainable[i] for i in local_trainable]),
-                        (
-                            NON_TRAINABLE,
-                            [weights_type.non_trainable[i] for i in local_non_trainable],
-                        ),
-                    ],
-                    collections.OrderedDict,
-                ),
-            ),
-        ],
-        collections.OrderedDict,
-    )
-
-    @tff.tensorflow.computation(weights_type, shared_type, update_type[LOCAL_MEAN])
-    def merge(weights, new_shared, local_mean):
-        trainable = _merge(list(new_shared.trainable), list(local_mean[TRAINABLE]), local_trainable)
-        non_trainable = list(weights.non_trainable)
-        for slot, value in zip(local_non_trainable, local_mean[NON_TRAINABLE]):
-            non_trainable[slot] = value
-        return tff.learning.models.ModelWeights(
-            trainable=type(weights.trainable)(trainable),
-            non_trainable=type(weights.non_trainable)(non_trainable),
-        )
-
-    @tff.federated_computation(
-        inner.initialize.type_signature.result,
-        tff.FederatedType(weights_type, tff.SERVER),
-        tff.FederatedType(update_type, tff.SERVER),
-    )
-    def next_fn(state, weights, update):
-        inner_output = inner.next(
-            state, tff.federated_map(shared_weights, weights), update[SHARED_UPDATE]
-        )
-        new_weights = tff.federated_map(merge, (weights, inner_output.result, update[LOCAL_MEAN]))
-        return tff.templates.MeasuredProcessOutput(
-            inner_output.state, new_weights, inner_output.measurements
-        )
-
-    return tff.learning.templates.FinalizerProcess(
-        inner.initialize,
-        next_fn,
-        get_hparams_fn=inner.get_hparams,
-        set_hparams_fn=inner.set_hparams,
-    )
-
-
-class FedBNLearningProcess(_client_state.ClientIndexedLearningProcess):
-    """The FedBN process, knowing which model variables are local.
-
-    Attributes:
-        local_trainable_slots: Positions of the local variables in
-            `ModelWeights.trainable`.
-        local_non_trainable_slots: Positions in `ModelWeights.non_trainable`.
-    """
-
-    def __init__(
-        self,
-        process: tff.learning.templates.LearningProcess,
-        num_clients: int,
-        local_trainable_slots: Sequence[int],
-        local_non_trainable_slots: Sequence[int],
-    ):
-        super().__init__(process, num_clients)
-        self.local_trainable_slots = tuple(local_trainable_slots)
-        self.local_non_trainable_slots = tuple(local_non_trainable_slots)
-
-    def client_models(self, state: Any) -> list[tff.learning.models.ModelWeights]:
-        """Every client's own model in `state` (see `client_model_weights`), in client order."""
-        return [client_model_weights(self, state, i) for i in range(self.num_clients)]
-
-
-def client_model_weights(
-    process: FedBNLearningProcess, state: Any, client_index: int
-) -> tff.learning.models.ModelWeights:
-    """Client `client_index`'s model: the global shared weights with its own normalization.
-
-    Args:
-        process: The process built by `build_fedbn`.
-        state: A state of `process`.
-        client_index: Index of the client in `[0, process.num_clients)`.
-
-    Returns:
-        `ModelWeights` of numpy arrays (assign with `.assign_weights_to(model)`).
-        A client that has not taken part yet gets the global model's weights.
-    """
-    if not 0 <= client_index < process.num_clients:
-        raise ValueError(f"client_index {client_index} out of range [0, {process.num_clients})")
-    weights = process.get_model_weights(state)
-    trainable = [np.asarray(w) for w in weights.trainable]
-    non_trainable = [np.asarray(w) for w in weights.non_trainable]
-    client_state = state.client_work
-    if int(np.asarray(client_state[PARTICIPATIONS])[client_index]) > 0:
-        table = client_state[LOCAL_WEIGHTS]
-        for slot, column in zip(process.local_trainable_slots, table[TRAINABLE]):
-            trainable[slot] = np.asarray(column)[client_index]
-        for slot, column in zip(process.local_non_trainable_slots, table[NON_TRAINABLE]):
-            non_trainable[slot] = np.asarray(column)[client_index]
-    return tff.learning.models.ModelWeights(trainable=trainable, non_trainable=non_trainable)
+def _train_locally(model, optimizer, dataset):
+    """FedBN's local training: plain `train_locally` over every variable; returns examples."""
+    num_examples, _ = _client_loops.train_locally(model, optimizer, dataset)
+    return num_examples
 
 
 def build_fedbn(
@@ -411,7 +148,7 @@ def build_fedbn(
     local_layer_names: Sequence[str] | None = None,
     model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
     metrics_aggregator: Callable[..., tff.Computation] | None = None,
-) -> FedBNLearningProcess:
+) -> _local_parts.LocalPartsProcess:
     """Builds the FedBN learning process (see the module docstring).
 
     Args:
@@ -444,24 +181,14 @@ def build_fedbn(
     """
     if not isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
         client_optimizer = tff.learning.optimizers.build_sgdm(float(client_optimizer))
-    local_trainable, local_non_trainable = _local_slots(model_fn, local_layer_names)
-    process = _compose.compose_process(
+    return _local_parts.build_split_process(
         model_fn,
-        lambda: build_fedbn_client_work(
-            model_fn,
-            client_optimizer,
-            num_clients,
-            local_layer_names=local_layer_names,
-            metrics_aggregator=metrics_aggregator,
-        ),
-        _compose.ModelUpdateFactory(
-            tff.aggregators.MeanFactory() if model_aggregator is None else model_aggregator,
-            SHARED_UPDATE,
-        ),
+        client_optimizer,
         server_optimizer,
-        lambda optimizer, weights_type: build_fedbn_finalizer(
-            optimizer, weights_type, local_trainable, local_non_trainable
-        ),
+        num_clients=num_clients,
+        slots=_local_parts.Slots(*_local_slots(model_fn, local_layer_names)),
+        train=_train_locally,
+        model_aggregator=model_aggregator,
+        metrics_aggregator=metrics_aggregator,
         recompute_batch_statistics=False,
     )
-    return FedBNLearningProcess(process, num_clients, local_trainable, local_non_trainable)

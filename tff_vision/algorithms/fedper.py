@@ -89,7 +89,7 @@ def build_fedper(
     head_layer_names: Sequence[str] | None = None,
     model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
     metrics_aggregator: Callable[..., tff.Computation] | None = None,
-) -> fedbn.FedBNLearningProcess:
+) -> _local_parts.LocalPartsProcess:
     """Builds the FedPer learning process (see the module docstring).
 
     Args:
@@ -108,7 +108,7 @@ def build_fedper(
             to `tff.learning.metrics.sum_then_finalize`.
 
     Returns:
-        A `fedbn.FedBNLearningProcess`: `next(state, client_data)` takes all
+        A `_local_parts.LocalPartsProcess`: `next(state, client_data)` takes all
         clients' datasets in index order or `(client_index, dataset)` pairs;
         `client_models(state)` is each client's body + own head.
     """

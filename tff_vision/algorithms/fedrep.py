@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision.algorithms import _client_loops, _local_parts, fedbn, fedper
+from tff_vision.algorithms import _client_loops, _local_parts, fedper
 
 
 def head_then_body(head_epochs: int, slots: _local_parts.Slots) -> _local_parts.LocalTraining:
@@ -52,7 +52,7 @@ def build_fedrep(
     head_layer_names: Sequence[str] | None = None,
     model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
     metrics_aggregator: Callable[..., tff.Computation] | None = None,
-) -> fedbn.FedBNLearningProcess:
+) -> _local_parts.LocalPartsProcess:
     """Builds the FedRep learning process (see the module docstring).
 
     Args:
@@ -73,7 +73,7 @@ def build_fedrep(
             to `tff.learning.metrics.sum_then_finalize`.
 
     Returns:
-        A `fedbn.FedBNLearningProcess`, as `fedper.build_fedper`'s.
+        A `_local_parts.LocalPartsProcess`, as `fedper.build_fedper`'s.
     """
     if isinstance(head_epochs, bool) or int(head_epochs) != head_epochs or head_epochs < 1:
         raise ValueError(f"head_epochs must be an integer >= 1, got {head_epochs!r}")

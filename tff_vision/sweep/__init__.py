@@ -39,10 +39,13 @@ Modules, each one job:
     grid      the cells of a grid: names, commands, validation
     state     sweep.json: cell status, attempts and their tally, the lock
     process   the cells' subprocesses: started with their log, stopped in order
-    runner    `Runner`: schedules the cells, records and prints each
+    launchers where cells run: `LocalLauncher` (subprocesses here), `RayLauncher` (Ray tasks
+              that run the same subprocesses on a cluster's nodes)
+    runner    `Runner`: schedules the cells through a launcher, records and prints each
     terminal  the lines printed: per cell with ETA, the summary, the dry-run listing
 
-This package imports no TensorFlow (the runs do, in their own processes).
+This package imports no TensorFlow (the runs do, in their own processes), and
+Ray only once a `RayLauncher` is made.
 """
 
 from tff_vision.sweep.grid import (
@@ -58,6 +61,7 @@ from tff_vision.sweep.grid import (
     name_component,
     parse_seeds,
 )
+from tff_vision.sweep.launchers import Launcher, LocalLauncher, RayLauncher
 from tff_vision.sweep.process import PROJECT_ROOT, STOP_STEPS, CellProcesses
 from tff_vision.sweep.runner import Runner
 from tff_vision.sweep.state import (
@@ -87,7 +91,10 @@ __all__ = [
     "CellProcesses",
     "CellResult",
     "GridChange",
+    "Launcher",
+    "LocalLauncher",
     "Outcome",
+    "RayLauncher",
     "Runner",
     "SweepError",
     "SweepState",

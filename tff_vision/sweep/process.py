@@ -40,6 +40,21 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _preexec(base: Callable[[], None] | None) -> Callable[[], None]:
+    """`base` (see `childproc`), after unblocking the stop signals in the child.
+
+    A blocked signal stays blocked across exec, and a launcher's thread may
+    block SIGINT (a Ray worker does): the cell would never see the stop steps.
+    """
+
+    def preexec() -> None:  # Runs in the child between fork and exec.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        if base is not None:
+            base()
+
+    return preexec
+
+
 def _drain(proc: subprocess.Popen, log: BinaryIO) -> str:
     """Copies the run's stderr into its log until it ends; returns its last error line.
 
@@ -61,14 +76,18 @@ def _drain(proc: subprocess.Popen, log: BinaryIO) -> str:
 class CellProcesses:
     """Starts cell runs (one per pool thread), knows which run now, stops them all."""
 
-    def __init__(self, sweep_dir: os.PathLike | str, python: str):
+    def __init__(
+        self, sweep_dir: os.PathLike | str, python: str, cwd: os.PathLike | str | None = None
+    ):
+        """`cwd`: where the runs start (relative flag paths resolve there); None: here."""
         self.sweep_dir = pathlib.Path(sweep_dir)
         self.python = python
+        self.cwd = cwd
         self._lock = threading.Lock()
         self._stopping = False
         self._running: dict[str, subprocess.Popen] = {}
         self._started: dict[str, float] = {}
-        self._preexec = childproc.die_with_parent()
+        self._preexec = _preexec(childproc.die_with_parent())
 
     def pids(self) -> list[int]:
         """Process ids of the cells running now."""
@@ -103,6 +122,7 @@ class CellProcesses:
                     stdout=log,
                     stderr=subprocess.PIPE,
                     env=_env(),
+                    cwd=self.cwd,
                     close_fds=True,
                     process_group=0,  # Ctrl-C in the terminal reaches only the sweep.
                     preexec_fn=self._preexec,  # noqa: PLW1509

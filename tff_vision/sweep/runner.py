@@ -1,11 +1,12 @@
-"""Runs the cells of a grid, up to ``max_parallel`` at once, recording and printing each.
+"""Runs the cells of a grid through a launcher, recording and printing each.
 
-The runner schedules; the pieces around it do the rest: `CellProcesses` runs
-and stops the subprocesses, `SweepState` records every attempt (sweep.json is
-rewritten after each cell) and `terminal` words the lines. Cells run from the
-threads of a `ThreadPoolExecutor`, while all bookkeeping stays in the calling
-thread, which polls the futures: sweep.json has one writer. A Ctrl-C, SIGTERM
-or SIGHUP (or a bug) stops every running cell before `run` returns or raises.
+The runner schedules; the pieces around it do the rest: a launcher
+(`launchers`: subprocesses here, ``max_parallel`` at once, or Ray tasks on a
+cluster) runs and stops the cells, `SweepState` records every attempt
+(sweep.json is rewritten after each cell) and `terminal` words the lines. All
+bookkeeping stays in the calling thread, which polls the launcher's futures:
+sweep.json has one writer. A Ctrl-C, SIGTERM or SIGHUP (or a bug) stops every
+running cell before `run` returns or raises.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tff_vision.sweep import terminal
-from tff_vision.sweep.grid import Cell, SweepError
-from tff_vision.sweep.process import STOP_STEPS, CellProcesses, signals_interrupt
+from tff_vision.sweep.grid import Cell
+from tff_vision.sweep.launchers import Launcher, LocalLauncher
+from tff_vision.sweep.process import STOP_STEPS, signals_interrupt
 from tff_vision.sweep.state import CellResult, Outcome, SweepState
 
 
@@ -25,7 +27,11 @@ def _print_error(line: str) -> None:
 
 
 class Runner:
-    """Runs the cells of one grid, records them in sweep.json, prints one line per cell."""
+    """Runs the cells of one grid, records them in sweep.json, prints one line per cell.
+
+    `launcher` runs the cells (closed when `run` ends); without one, a
+    `LocalLauncher` of `max_parallel` subprocesses of `python`.
+    """
 
     def __init__(
         self,
@@ -36,17 +42,17 @@ class Runner:
         error_printer: Callable[[str], None] | None = None,
         python: str = sys.executable,
         stop_steps: Sequence[tuple[int, float]] = STOP_STEPS,
+        launcher: Launcher | None = None,
     ):
-        if max_parallel < 1:
-            raise SweepError(f"--max_parallel must be >= 1, got {max_parallel}")
+        self.launcher = launcher or LocalLauncher(
+            state.sweep_dir, python=python, max_parallel=max_parallel
+        )
         self.state = state
         self.cells = list(cells)
-        self.max_parallel = max_parallel
         self.printer = printer
         self.error_printer = error_printer or _print_error
         self.python = python
         self.stop_steps = tuple(stop_steps)
-        self._processes = CellProcesses(state.sweep_dir, python)
         self._recorded: set[str] = set()
         self._durations: list[float] = []
         self._counter = 0
@@ -55,13 +61,16 @@ class Runner:
 
     def running_pids(self) -> list[int]:
         """Process ids of the cells running now."""
-        return self._processes.pids()
+        return self.launcher.pids()
 
     def run(self) -> Outcome:
         """Runs every cell that is not done; returns the outcome (exit code 0, 1 or 130)."""
-        todo = self._skip_done()
-        self._remaining = len(todo)
-        interrupted = self._run_all(todo) if todo else False
+        try:
+            todo = self._skip_done()
+            self._remaining = len(todo)
+            interrupted = self._run_all(todo) if todo else False
+        finally:
+            self.launcher.close()
         outcome = self._outcome
         outcome.exit_code = 130 if interrupted else (1 if outcome.failed else 0)
         return outcome
@@ -85,14 +94,11 @@ class Runner:
         return todo
 
     def _run_all(self, todo: Sequence[Cell]) -> bool:
-        """Runs `todo` on the pool, recording each cell as it ends; True if interrupted."""
+        """Runs `todo` through the launcher, recording each cell as it ends; True if interrupted."""
         futures: list[concurrent.futures.Future] = []
-        pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=min(self.max_parallel, len(todo)), thread_name_prefix="sweep-cell"
-        )
         with signals_interrupt():
             try:
-                futures += [pool.submit(self._processes.run, cell) for cell in todo]
+                futures += [self.launcher.submit(cell) for cell in todo]
                 pending = set(futures)
                 while pending:
                     finished, pending = concurrent.futures.wait(
@@ -101,7 +107,7 @@ class Runner:
                     for future in finished:
                         self._finish(future.result())
             except BaseException as e:  # Ctrl-C, SIGTERM, or a bug: no cell outlives us.
-                self._processes.stop(futures, self.stop_steps, self.error_printer)
+                self.launcher.stop(futures, self.stop_steps, self.error_printer)
                 if not isinstance(e, KeyboardInterrupt):
                     raise
                 for future in futures:
@@ -109,14 +115,12 @@ class Runner:
                         self._finish(future.result(), interrupted=True)
                 self.state.save()
                 return True
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
         return False
 
     def _finish(self, result: CellResult, interrupted: bool = False) -> None:
         """Records an ended attempt once, saves sweep.json and prints its line (with the ETA)."""
         cell = result.cell
-        if cell.name in self._recorded or result.returncode is None:
+        if cell.name in self._recorded or (result.returncode is None and not result.lost):
             return
         self._remaining -= 1
         record = self.state.record_attempt(result, interrupted)
@@ -127,7 +131,7 @@ class Runner:
             self._durations.append(result.seconds)
         text = terminal.attempt_text(record, result.seconds, self.state.summary(cell))
         if not interrupted:
-            elapsed = self._processes.elapsed()
-            eta = terminal.eta(self._durations, self._remaining, elapsed, self.max_parallel)
+            elapsed = self.launcher.elapsed()
+            eta = terminal.eta(self._durations, self._remaining, elapsed, self.launcher.slots)
             text += f"  ETA {eta}" if eta else ""
         self._print_cell(cell, text)

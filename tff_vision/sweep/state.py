@@ -52,13 +52,18 @@ def disk_status(cell: Cell, sweep_dir: os.PathLike | str, record: Mapping | None
 
 @dataclasses.dataclass
 class CellResult:
-    """What one attempt at a cell ended with (`returncode` None: it never started)."""
+    """What one attempt at a cell ended with (`returncode` None: it never started).
+
+    `lost` says why the launcher lost a started attempt whose exit status it
+    cannot know (e.g. its Ray node died); `returncode` is None then.
+    """
 
     cell: Cell
     returncode: int | None
     seconds: float = 0.0
     last_line: str = ""
     pid: int | None = None
+    lost: str = ""
 
 
 @dataclasses.dataclass
@@ -81,11 +86,13 @@ def attempt_status(result: CellResult, finished: bool, interrupted: bool) -> tup
 
     An attempt the sweep stopped is partial (it resumes from its checkpoints);
     anything else without a summary failed, with the exit or signal and the
-    run's last error line as the message.
+    run's last error line as the message, or why the launcher lost it.
     """
     code = result.returncode
-    if code == 0 and finished:
+    if finished and (code == 0 or result.lost):  # summary.json is written last.
         return "done", ""
+    if result.lost:
+        return ("partial", "interrupted") if interrupted else ("failed", result.lost)
     if interrupted and code in _INTERRUPTED_CODES:
         return "partial", "interrupted"
     if code == 0:
