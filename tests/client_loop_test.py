@@ -14,6 +14,7 @@ from absl.testing import absltest, parameterized
 
 from tff_vision import client_data, models
 from tff_vision.algorithms import (
+    ALGORITHM_INFO,
     ALGORITHMS,
     build_optimizer,
     build_process,
@@ -22,10 +23,13 @@ from tff_vision.algorithms import (
 )
 
 
-def _model_fn():
-    # BatchNorm, so that FedBN (which needs it) builds; 2 classes keep it small.
+def _model_fn(algorithm="fedbn"):
+    # The first norm the algorithm takes (FedBN needs BatchNorm, FedPer refuses it);
+    # 2 classes keep it small.
+    norms = ALGORITHM_INFO[algorithm].norms or ("batch",)
+
     def build():
-        return models.build_model("cnn", (28, 28, 3), 2, norm="batch", seed=0)
+        return models.build_model("cnn", (28, 28, 3), 2, norm=norms[0], seed=0)
 
     return keras_model.model_fn(build, client_data.element_spec((28, 28, 3)))
 
@@ -46,7 +50,7 @@ class ClientLoopTest(parameterized.TestCase):
     def test_clients_train_in_an_iterator_loop(self, name):
         process = build_process(
             name,
-            _model_fn(),
+            _model_fn(name),
             client_optimizer=build_optimizer("sgd", 0.1),
             proximal_strength=0.1,
             client_learning_rate=0.1,
