@@ -8,7 +8,7 @@ float32 images of shape `(H, W, C)` (C in {1, 3}) to logits of shape
 
 Models expect inputs that the data pipeline has already scaled/normalized;
 no preprocessing layers are included (except a resize to 32x32 for the Keras
-application backbones on inputs smaller than 32 pixels).
+ImageNet-layout backbones on inputs smaller than 32 pixels).
 
 Convolutions that feed a GroupNormalization are weight-standardized by default
 (`StandardizedConv2D`), the GroupNorm recipe of Big Transfer.
@@ -21,19 +21,28 @@ local.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-MODEL_NAMES = ("cnn", "resnet18", "resnet50", "mobilenetv2")
+MODEL_NAMES = ("cnn", "resnet18", "resnet50", "mobilenetv2", "mobilenetv2_small")
 NORMS = ("group", "batch", "none")
 STEMS = ("auto", "imagenet", "small", "cifar")
 
 _MAX_GROUPS = 32
 # Keras's application backbones refuse inputs smaller than this.
 _MIN_APPLICATION_SIZE = 32
+# mobilenetv2_small: Keras MobileNetV2 layers that run at stride 1 instead of 2 (the stem
+# convolution and block 1's depthwise convolution), leaving an output stride of 8.
+_SMALL_UNSTRIDED = ("Conv1", "block_1_depthwise")
+# mobilenetv2_small: the ZeroPadding2D layers before these strided convolutions are dropped.
+_SMALL_UNPADDED = ("block_1_pad",)
+# mobilenetv2_small width multiplier (Keras's `alpha`).
+_SMALL_ALPHA = 1.0
+_SMALL_ZERO_INIT_RESIDUAL = True
 # Inputs at least this large get the ImageNet stem under stem="auto".
 _IMAGENET_STEM_MIN_SIZE = 128
 # ResNet-18 normalization settings (PyTorch defaults: eps 1e-5, momentum 0.1).
@@ -46,6 +55,10 @@ _NORM_LAYER_TYPES = (
     tf.keras.layers.GroupNormalization,
     tf.keras.layers.LayerNormalization,
 )
+
+
+# A layer-config rewrite for `_replay`: (class_name, config, call_input) -> config or None.
+_Rewrite = Callable[[str, dict[str, Any], tf.Tensor], dict[str, Any] | None]
 
 
 class ModelError(ValueError):
@@ -196,7 +209,20 @@ def build_model(
         * "resnet50": `tf.keras.applications.ResNet50` backbone (weights=None,
           average pooling) + dense logits.
         * "mobilenetv2": `tf.keras.applications.MobileNetV2` backbone
-          (alpha 1.0, weights=None, average pooling) + dense logits.
+          (alpha 1.0, weights=None, average pooling) + dense logits: the
+          ImageNet layout (output stride 32) for inputs of 96-224 px.
+        * "mobilenetv2_small": the same Keras MobileNetV2 layers (stem,
+          17 inverted-residual blocks, 1x1 head conv to 1280, alpha 1.0) with
+          the stem and block 1 at stride 1 instead of 2, as the CIFAR
+          adaptations of MobileNetV2 do: output stride 8, so a 28 or 32 px
+          input ends at 4x4 (the ImageNet layout ends at 1x1 there and does
+          not learn). No resize: a 28 px image is used as it is. The
+          projection norm of each residual block starts with scale 0, so the
+          block starts as the identity (as ResNet-18's here). Same
+          parameters as "mobilenetv2"; a separate name rather than a switch
+          on input size, so that "mobilenetv2" means one architecture at
+          every size (recorded runs stay comparable) and the small layout
+          can be chosen for 64 px inputs too.
 
     The application backbones are rebuilt layer by layer (flat, no nested
     sub-model) so that: their BatchNormalization layers are renamed to contain
@@ -205,7 +231,9 @@ def build_model(
     with the same epsilon/initializers; `norm="none"` drops them and turns on
     the bias of the convolutions that fed them. Inputs with height or width
     below 32 are first bilinearly resized (layer "resize") to at least 32,
-    which Keras requires. Grey (1-channel) inputs are supported natively.
+    which Keras requires ("mobilenetv2_small" excepted: its zero padding is
+    recomputed for the actual input size). Grey (1-channel) inputs are
+    supported natively.
 
     Normalization (`norm`):
         * "group": GroupNormalization with 32 groups, or the largest divisor
@@ -281,6 +309,8 @@ def build_model(
         if stem == "auto":
             stem = "imagenet" if min(input_shape[:2]) >= _IMAGENET_STEM_MIN_SIZE else "small"
         features = _resnet18_features(inputs, norm, stem, seeds, standardize)
+    elif name == "mobilenetv2_small":
+        features = _mobilenetv2_small_features(inputs, norm, seeds, standardize)
     else:
         features = _application_features(name, inputs, norm, seeds, standardize)
 
@@ -494,6 +524,72 @@ def _application_features(
     return _replay(template, x, norm, seeds, standardize)
 
 
+def _mobilenetv2_small_features(
+    inputs: tf.Tensor, norm: str, seeds: _SeedStream, standardize: bool
+) -> tf.Tensor:
+    """Keras MobileNetV2 replayed with output stride 8 (see build_model).
+
+    The template is Keras's own network (built at >= 32 px, which it
+    requires); the replay sets the stem and block 1 to stride 1 and computes
+    each remaining strided block's zero padding for the actual input size.
+    """
+    height, width, channels = inputs.shape[1:]
+    template = tf.keras.applications.MobileNetV2(
+        weights=None,
+        include_top=False,
+        alpha=_SMALL_ALPHA,
+        input_shape=(
+            max(height, _MIN_APPLICATION_SIZE),
+            max(width, _MIN_APPLICATION_SIZE),
+            channels,
+        ),
+        pooling="avg",
+    )
+    residual_norms = set()
+    if _SMALL_ZERO_INIT_RESIDUAL:
+        residual_norms = {
+            f"{layer.name[: -len('add')]}project_BN"
+            for layer in template.layers
+            if isinstance(layer, tf.keras.layers.Add)
+        }
+    rewrite = functools.partial(_small_rewrite, residual_norms=frozenset(residual_norms))
+    return _replay(template, inputs, norm, seeds, standardize, rewrite=rewrite)
+
+
+def _small_rewrite(
+    class_name: str,
+    config: dict[str, Any],
+    call_input: tf.Tensor,
+    *,
+    residual_norms: frozenset[str],
+) -> dict[str, Any] | None:
+    """Layer config of mobilenetv2_small for a MobileNetV2 layer (None: drop it).
+
+    Norms in `residual_norms` start with scale 0, so that their block starts
+    as the identity.
+    """
+    name = config["name"]
+    if name in _SMALL_UNPADDED:
+        return None
+    if name in _SMALL_UNSTRIDED:
+        return dict(config, strides=(1, 1), padding="same")
+    if class_name == "ZeroPadding2D":
+        return dict(config, padding=_correct_pad(call_input.shape[1:3]))
+    if name in residual_norms:
+        return dict(config, gamma_initializer={"class_name": "Zeros", "config": {}})
+    return config
+
+
+def _correct_pad(size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Keras MobileNetV2's padding before a 3x3 stride-2 conv on a `size` map.
+
+    As `keras.applications.imagenet_utils.correct_pad`: one pixel on each
+    side, less the top/left one along an even dimension.
+    """
+    (top, bottom), (left, right) = ((int(dim) % 2, 1) for dim in size)
+    return (top, bottom), (left, right)
+
+
 def _renamed_norm(name: str) -> str:
     """Maps a Keras BN layer name to one containing "norm"."""
     lower = name.lower()
@@ -527,12 +623,13 @@ def _replay(
     norm: str,
     seeds: _SeedStream,
     standardize: bool = False,
+    rewrite: _Rewrite | None = None,
 ) -> tf.Tensor:
     """Re-creates `template`'s layers (fresh weights) on top of `inputs`.
 
     BatchNormalization layers are renamed, replaced by GroupNormalization
     (norm="group") or dropped (norm="none", enabling the bias of the layers
-    that fed them).
+    that fed them). `rewrite` may first change any layer's config.
 
     Args:
         template: A functional single-input, single-output Keras model whose
@@ -542,6 +639,10 @@ def _replay(
         seeds: Seed stream for the new layers' initializers.
         standardize: Rebuild the (non-depthwise) Conv2D layers that feed a
             normalization layer as `StandardizedConv2D`.
+        rewrite: Optional `(class_name, config, call_input) -> config` for
+            each template layer: the config to rebuild it from (a
+            BatchNormalization config also configures its replacement), or
+            None to drop the layer (its input passes through).
 
     Returns:
         The symbolic output tensor.
@@ -571,6 +672,11 @@ def _replay(
         call_input = args[0] if len(args) == 1 else args
         layer = template.get_layer(name)
         layer_cfg = _seeded(layer_config["config"], seeds)
+        if rewrite is not None:
+            layer_cfg = rewrite(layer_config["class_name"], layer_cfg, call_input)
+            if layer_cfg is None:
+                outputs[name] = call_input
+                continue
         if isinstance(layer, bn_class):
             if norm == "none":
                 outputs[name] = call_input
