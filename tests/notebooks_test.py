@@ -249,7 +249,8 @@ class NotebookTest(absltest.TestCase):
         images = [
             o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
         ]
-        self.assertLen(images, 3)  # algorithms.png and one heat map per partition.
+        # algorithms.png, accuracy_vs_mb.png and one heat map per partition.
+        self.assertLen(images, 4)
         self.assertTrue((sweep_dir / "report" / "table.md").exists())
         # Every cell ran as its own process: none may have left a worker behind.
         records = json.loads((sweep_dir / "sweep.json").read_text())["cells"]
