@@ -80,6 +80,12 @@ def local_type(
     )
 
 
+def train_all(model: Any, optimizer: tff.learning.optimizers.Optimizer, dataset) -> tf.Tensor:
+    """Plain local training of every variable (FedBN, FedPer); returns the examples seen."""
+    num_examples, _ = _client_loops.train_locally(model, optimizer, dataset)
+    return num_examples
+
+
 def all_slots(traced: _client_loops.TracedModel) -> Slots:
     """Every variable of the model (Ditto's personal model is a whole copy)."""
     return Slots(

@@ -127,16 +127,10 @@ def build_fedbn_client_work(
         num_clients,
         slots,
         lambda: _local_parts.build_split_client_update(
-            model_fn, client_optimizer, slots, _train_locally
+            model_fn, client_optimizer, slots, _local_parts.train_all
         ),
         metrics_aggregator,
     )
-
-
-def _train_locally(model, optimizer, dataset):
-    """FedBN's local training: plain `train_locally` over every variable; returns examples."""
-    num_examples, _ = _client_loops.train_locally(model, optimizer, dataset)
-    return num_examples
 
 
 def build_fedbn(
@@ -187,7 +181,7 @@ def build_fedbn(
         server_optimizer,
         num_clients=num_clients,
         slots=_local_parts.Slots(*_local_slots(model_fn, local_layer_names)),
-        train=_train_locally,
+        train=_local_parts.train_all,
         model_aggregator=model_aggregator,
         metrics_aggregator=metrics_aggregator,
         recompute_batch_statistics=False,

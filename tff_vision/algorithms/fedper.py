@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision.algorithms import _client_loops, _local_parts, fedbn, keras_model
+from tff_vision.algorithms import _local_parts, fedbn, keras_model
 
 
 def head_layer_names(model: tf.keras.Model) -> list[str]:
@@ -115,17 +115,13 @@ def build_fedper(
     if not isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
         client_optimizer = tff.learning.optimizers.build_sgdm(float(client_optimizer))
 
-    def train(model, optimizer, dataset):
-        num_examples, _ = _client_loops.train_locally(model, optimizer, dataset)
-        return num_examples
-
     return _local_parts.build_split_process(
         model_fn,
         client_optimizer,
         server_optimizer,
         num_clients=num_clients,
         slots=head_slots(model_fn, head_layer_names),
-        train=train,
+        train=_local_parts.train_all,
         model_aggregator=model_aggregator,
         metrics_aggregator=metrics_aggregator,
     )
