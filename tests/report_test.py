@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from absl.testing import absltest, parameterized
 
-from tff_vision import plots, report, sweep
+from tff_vision import plots, report, report_plots, sweep
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -171,7 +171,7 @@ class ReportTest(parameterized.TestCase):
 
     def test_plot_error_bars_are_the_95_percent_intervals(self):
         agg = self._three_seed_report().aggregate.set_index(["partition", "algorithm"])
-        bars = report._half_widths(agg, "test_accuracy")
+        bars = report_plots._half_widths(agg, "test_accuracy")
         self.assertAlmostEqual(bars[agg.index.get_loc(("iid", "fedavg"))], _HALF_3_SEEDS, places=5)
         self.assertAlmostEqual(
             bars[agg.index.get_loc(("dirichlet:0.1", "fedprox"))], _HALF_2_SEEDS, places=5
