@@ -33,17 +33,25 @@ def runner_env() -> dict[str, str]:
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
 
 
-def run_runner(*flags: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs the runner to its end with `flags`; stdout and stderr captured as text."""
+def run_command(
+    command: list[str], *, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """Runs `command` in the repo root to its end (`runner_env` by default), stdin closed;
+    stdout and stderr captured as text."""
     return subprocess.run(
-        runner_command(*flags),
+        command,
         cwd=ROOT,
-        env=runner_env(),
+        env=runner_env() if env is None else env,
         capture_output=True,
         stdin=subprocess.DEVNULL,
         text=True,
         timeout=timeout,
     )
+
+
+def run_runner(*flags: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs the runner to its end with `flags`; stdout and stderr captured as text."""
+    return run_command(runner_command(*flags), timeout=timeout)
 
 
 def start_runner(*flags: str, **popen_args) -> subprocess.Popen:

@@ -8,7 +8,6 @@ The sweep package itself is tested, without TensorFlow, in sweep_test.py.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import time
 
 import pandas as pd
 import psutil
+import run_testing
 from absl.testing import absltest
 
 from tff_vision import runtime
@@ -44,21 +44,11 @@ def _sweep_command(sweep_dir, *extra):
     ]
 
 
-def _env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(_ROOT))
+_env = run_testing.runner_env
 
 
 def _run(command, timeout=300):
-    return subprocess.run(
-        command,
-        check=False,
-        cwd=_ROOT,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_testing.run_command(command, timeout=timeout)
 
 
 class CliTest(absltest.TestCase):

@@ -21,6 +21,7 @@ import time
 
 import portpicker
 import psutil
+import run_testing
 from absl.testing import absltest
 
 from tff_vision import runtime
@@ -41,9 +42,7 @@ _HEAD_PORT_FLAGS = ("--port", "--ray-client-server-port", "--dashboard-port")
 
 
 def _env():
-    return dict(
-        os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(_ROOT), RAY_USAGE_STATS_ENABLED="0"
-    )
+    return dict(run_testing.runner_env(), RAY_USAGE_STATS_ENABLED="0")
 
 
 def _sweep_command(sweep_dir, *extra):
@@ -64,16 +63,7 @@ def _sweep_command(sweep_dir, *extra):
 
 
 def _run(command, timeout=240):
-    return subprocess.run(
-        command,
-        check=False,
-        cwd=_ROOT,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_testing.run_command(command, env=_env(), timeout=timeout)
 
 
 def _live(proc: psutil.Process) -> bool:
