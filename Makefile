@@ -9,7 +9,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PYTEST_ARGS ?=
+# Tests run in parallel, one worker per core (at most 4: each may hold a TF process and its
+# TFF worker); a unittest class stays on one worker. PYTEST_ARGS="-p no:xdist" runs serially.
+PYTEST_ARGS ?= -n auto --maxprocesses=4 --dist=loadscope
 # Real MedMNIST files: ../shared/medmnist when present (this project's CI), else data/.
 DATA_DIR ?= $(if $(wildcard ../shared/medmnist/retinamnist.npz),../shared/medmnist,data)
 DEMO_ARGS ?=

@@ -1,4 +1,4 @@
-"""Measures FedAvg overhead, memory growth, client scaling and multi-worker execution.
+"""Measures FedAvg overhead, memory, client scaling, multi-worker runs and sweep cells.
 
 Prints one table (suite, setting, data, values, ratio, target, met) and, with
 --output, writes it with the raw timings as JSON. See `experiments/benchmarking/`
@@ -11,6 +11,9 @@ Examples:
       --output=/tmp/bench.json
   python -m experiments.benchmark --suites=overhead --models=cnn --clients=3,10
   python -m experiments.benchmark --suites=workers --workers=2,3,4
+  git worktree add /tmp/before <commit>
+  python -m experiments.benchmark --suites=run_memory --baseline_tree=/tmp/before \
+      --data_dir=../shared/medmnist
 
 Exit status: 0 done (targets met or not), 2 bad input (one-line error),
 130 interrupted.
@@ -19,6 +22,7 @@ Exit status: 0 done (targets met or not), 2 bad input (one-line error),
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 from absl import app, flags, logging
@@ -55,6 +59,24 @@ flags.DEFINE_integer(
     "Memory suite: fresh TFF worker every N rounds, as the runner's --restart_workers_every "
     "(default 50, quick 20; 0 = never, to see the worker's own growth).",
     lower_bound=0,
+)
+flags.DEFINE_integer(
+    "run_memory_rounds",
+    None,
+    "run_memory suite: rounds of the reference run (20; quick 4).",
+    lower_bound=1,
+)
+flags.DEFINE_list(
+    "run_memory_flags",
+    [],
+    "run_memory suite: further experiments.run flags of the reference run, e.g. "
+    "--run_memory_flags=--worker_concurrency=1.",
+)
+flags.DEFINE_string(
+    "baseline_tree",
+    None,
+    "run_memory suite: a checkout of older code (git worktree add DIR COMMIT) whose "
+    "reference run is measured too, for a before/after row.",
 )
 flags.DEFINE_enum(
     "op_determinism",
@@ -95,6 +117,8 @@ _FIELD_OF_FLAG = {
 _FIELD_OF_OPTIONAL_FLAG = {
     "rounds": "overhead_rounds",
     "memory_restart_every": "memory_restart_every",
+    "run_memory_rounds": "memory_run_rounds",
+    "baseline_tree": "memory_baseline_tree",
 }
 
 
@@ -105,6 +129,9 @@ def config_from_flags() -> benchmarking.BenchmarkConfig:
     for flag, field in _FIELD_OF_OPTIONAL_FLAG.items():
         if FLAGS[flag].value is not None:
             overrides[field] = FLAGS[flag].value
+    overrides["memory_run_flags"] = tuple(FLAGS.run_memory_flags)
+    if FLAGS.baseline_tree and not os.path.isdir(os.path.join(FLAGS.baseline_tree, "experiments")):
+        fail(f"--baseline_tree={FLAGS.baseline_tree} is no checkout of this repository")
     if FLAGS.models:
         unknown = [m for m in FLAGS.models if m not in models.MODEL_NAMES]
         if unknown:

@@ -24,8 +24,13 @@ from tff_vision import settings
 
 def fail(message: str) -> NoReturn:
     """Prints `error: <message>` as one line on stderr and exits with status 2."""
+    sys.exit(report_error(message))
+
+
+def report_error(message: str) -> int:
+    """Prints `error: <message>` as one line on stderr; returns 2, bad input's exit status."""
     print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    return 2
 
 
 def parse_flags(argv: list[str]) -> list[str]:

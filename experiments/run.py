@@ -56,21 +56,28 @@ def config_from_flags() -> config_lib.ExperimentConfig:
     return config_lib.config_from_dict(cli.config_values(config_lib.ExperimentConfig, FLAGS))
 
 
-def main(argv: list[str]) -> None:
+def run_parsed(argv: list[str]) -> int:
+    """Runs the experiment the parsed flags ask for; returns the exit status.
+
+    0 done; 2 bad input, after one `error: ...` line on stderr; 130 on Ctrl-C,
+    after a line saying how to resume. TFF's workers are stopped however it
+    ends. `experiments.cell_host` runs sweep cells through this same function.
+    """
     interrupts.install_interrupt_guard()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TFF/TF info logs drown the progress lines.
     if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+        return _error(
+            f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)"
+        )
     try:
         setup = experiment.setup(config_from_flags())
     except _INPUT_ERRORS as e:
-        cli.fail(str(e))
+        return _error(str(e))
     try:
         experiment.run_setup(setup)
     except (config_lib.ConfigError, runtime.RuntimeSetupError) as e:  # E.g. a worker not up.
-        runtime.shutdown()
-        cli.fail(str(e))
+        return _error(str(e))
     except KeyboardInterrupt:
         runtime.shutdown()
         print(
@@ -78,9 +85,20 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
             flush=True,
         )
-        sys.exit(130)
+        return 130
     finally:
         runtime.shutdown()
+    return 0
+
+
+def _error(message: str) -> int:
+    """Stops TFF's workers, prints the one-line error of bad input; returns 2."""
+    runtime.shutdown()
+    return cli.report_error(message)
+
+
+def main(argv: list[str]) -> int:
+    return run_parsed(argv)  # `app.run` exits with it.
 
 
 def entry_point() -> None:

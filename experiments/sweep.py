@@ -1,8 +1,12 @@
 """Runs a grid of federated experiments: partitions x algorithms x models x seeds.
 
-Every cell is one `python -m experiments.run` subprocess writing into
+Every cell is one `python -m experiments.run` writing into
 <sweep_dir>/cells/<cell name>/ (its stdout/stderr in log.txt there); progress,
-one line per cell, and a summary come here. See the `tff_vision.sweep` package for
+one line per cell, and a summary come here. By default cells run one after
+another in resident cell hosts (`experiments.cell_host`: the same run, each
+cell with a fresh TFF context and exactly the numbers it gives alone, without
+paying Python's start, the imports and the process's tracing every time);
+--cell_processes=fresh starts one process per cell. See the `tff_vision.sweep` package for
 the design (status of a cell, sweep.json, resume, grid changes, Ctrl-C).
 
 Example:
@@ -64,6 +68,22 @@ flags.DEFINE_list("seeds", ["0"], "Comma-separated seeds, e.g. 0,1,2.")
 flags.DEFINE_boolean("dry_run", False, "Print the cells and their status; run nothing.")
 flags.DEFINE_integer(
     "max_parallel", 1, "Cells run at once (for GPU machines; 1 on CPU).", lower_bound=1
+)
+flags.DEFINE_enum(
+    "cell_processes",
+    "resident",
+    list(sweep.CELL_PROCESSES),
+    "--launcher=local: resident (cells run one after another in long-lived cell hosts, "
+    "each cell with a fresh TFF context and the results it gives alone; a cell no longer pays "
+    "Python's start, the TF imports and the tracing of its algorithm's process) or fresh "
+    "(one python -m experiments.run process per cell).",
+)
+flags.DEFINE_integer(
+    "cells_per_host",
+    sweep.CELLS_PER_HOST,
+    "--cell_processes=resident: a cell host serves at most this many cells, then a new one "
+    "starts (bounds the memory a process gathers).",
+    lower_bound=1,
 )
 flags.DEFINE_enum(
     "launcher",
@@ -130,7 +150,15 @@ def _check_launcher_flags() -> None:
         given = [name for name in _RAY_FLAGS if FLAGS[name].present]
         if given:
             fail(f"--{given[0]} applies to --launcher=ray only; add --launcher=ray or drop it")
+        if FLAGS["cells_per_host"].present and FLAGS.cell_processes != "resident":
+            fail("--cells_per_host applies to --cell_processes=resident only; drop it")
         return
+    for name in ("cell_processes", "cells_per_host"):
+        if FLAGS[name].present:
+            fail(
+                f"--{name} applies to --launcher=local only; Ray runs every cell as a fresh "
+                "process (drop it)"
+            )
     if FLAGS["max_parallel"].present:
         fail(
             "--max_parallel applies to --launcher=local only; with --launcher=ray the cluster "
@@ -180,9 +208,14 @@ def _launcher(sweep_dir: pathlib.Path) -> tuple[sweep.Launcher, str]:
         )
         return launcher, launcher.describe()
     launcher = sweep.LocalLauncher(
-        sweep_dir, python=sys.executable, max_parallel=FLAGS.max_parallel
+        sweep_dir,
+        python=sys.executable,
+        max_parallel=FLAGS.max_parallel,
+        cell_processes=FLAGS.cell_processes,
+        cells_per_host=FLAGS.cells_per_host,
     )
-    return launcher, f"up to {FLAGS.max_parallel} at a time"
+    how = "in resident cell hosts" if FLAGS.cell_processes == "resident" else "as fresh processes"
+    return launcher, f"up to {FLAGS.max_parallel} at a time, {how}"
 
 
 def _run(

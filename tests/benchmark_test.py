@@ -56,6 +56,7 @@ _TARGETS = {
     "overhead": "<= 1.15",
     "memory": "growth < 5%",
     "workers": "one-round max|dw| <= 1e-6 (ratio: time n/1, info)",
+    "run_memory": "peak <= 2.5 GB, same results",
 }
 
 
@@ -143,6 +144,28 @@ class BenchmarkTest(absltest.TestCase):
         self.assertLen(details["round_seconds"], 5)
         self.assertIn("worker restarted every 2 rounds", memory.values)
         self.assertEqual(runtime.find_workers(os.getpid()), [])
+
+    def test_run_memory_measures_the_run_and_its_workers(self):
+        # A 1-round CNN version of the reference run, this tree as its own "before": both
+        # runs must give the same results, and the worker's memory must be counted.
+        config = _smallest(
+            suites=("run_memory",),
+            memory_run_rounds=1,
+            memory_run_flags=("--model=cnn", "--num_clients=2", "--exclude=1;2"),
+            memory_baseline_tree=str(_ROOT),
+        )
+        (row,) = benchmarking.run(config, printer=lambda line: None).rows
+        self.assertEqual((row.suite, row.data), ("run_memory", "real"))
+        after, before = row.details["after"], row.details["before"]
+        for peak in (after, before):
+            self.assertEqual(peak["total"], peak["own"] + peak["workers"])
+            self.assertGreater(peak["own"], 300e6)  # A Python process with TF imported.
+            self.assertGreater(peak["workers"], 20e6)  # A worker_binary that served a round.
+        self.assertTrue(row.details["results_identical"])
+        self.assertIn("results identical", row.values)
+        self.assertAlmostEqual(row.ratio, after["total"] / before["total"])
+        self.assertEqual(row.met, "yes" if after["total"] <= 2.5e9 else "no")
+        self.assertIn("--model=cnn", row.setting)
 
     def test_helpers_and_validation(self):
         self.assertEqual(benchmarking.steady_seconds([5.0]), 5.0)

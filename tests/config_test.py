@@ -56,10 +56,18 @@ class DeclarationTest(absltest.TestCase):
 
     def test_result_fields_leave_out_paths_and_workers(self):
         fields = config_lib.ExperimentConfig(baselines=("local",)).result_fields()
-        for name in ("data_dir", "output_dir", "workers", "local_workers", "restart_workers_every"):
+        left_out = (
+            "data_dir",
+            "output_dir",
+            "workers",
+            "local_workers",
+            "restart_workers_every",
+            "worker_concurrency",
+        )
+        for name in left_out:
             self.assertNotIn(name, fields)
         self.assertEqual(fields["baselines"], ["local"])
-        self.assertLen(fields, len(dataclasses.fields(config_lib.ExperimentConfig)) - 5)
+        self.assertLen(fields, len(dataclasses.fields(config_lib.ExperimentConfig)) - len(left_out))
 
 
 class FlagsTest(absltest.TestCase):

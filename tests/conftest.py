@@ -36,6 +36,7 @@ _SLOW_MODULES = frozenset(
     {
         "algorithms_learn_test",
         "algorithms_run_test",
+        "cell_host_test",
         "multiworker_test",
         "notebooks_test",
         "output_lock_test",

@@ -277,6 +277,7 @@ class RunnerTest(run_testing.RunnerTestCase):
         proc = run_testing.start_runner(
             *_BASE_FLAGS,
             "--rounds=50",
+            "--worker_concurrency=1",
             f"--output_dir={out}",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -287,6 +288,8 @@ class RunnerTest(run_testing.RunnerTestCase):
             self.assertIsNone(proc.poll())
             self.assertLess(time.monotonic(), deadline)
             time.sleep(0.05)
+        (worker,) = _workers_of(proc.pid)  # Serving the run, one computation at a time.
+        self.assertIn("--max_concurrent_computation_calls=1", psutil.Process(worker).cmdline())
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
         self.assertEqual(proc.returncode, 130, msg=stderr[-2000:])

@@ -70,6 +70,7 @@ class CliTest(absltest.TestCase):
         for extra, expected in (
             (["--partitions=iid,dirichlet:zero"], "dirichlet:zero"),
             (["--partitions=iid", "--partition=iid"], "--partitions"),
+            (["--partitions=iid", "--cell_processes=fresh", "--cells_per_host=5"], "resident"),
         ):
             result = _run(_sweep_command(sweep_dir, *extra), timeout=120)
             self.assertEqual(result.returncode, 2, msg=result.stderr[-2000:])

@@ -30,49 +30,64 @@ from tff_vision.sweep import terminal
 _FAKE_RUN = textwrap.dedent(
     """\
     #!{python}
-    # A stand-in for `python -m experiments.run`: behaviour chosen by --algorithm.
-    import json, pathlib, signal, sys, time
+    # A stand-in for `python -m experiments.run` (behaviour chosen by --algorithm), and for
+    # `python -m experiments.cell_host`: the real host loop running this fake cell.
+    import json, os, pathlib, signal, sys, time
 
+    ran = []  # Cells this process ran.
+
+
+    def cell(argv):
+        args = dict(a[2:].split("=", 1) for a in argv)
+        algorithm = args["algorithm"]
+        if algorithm == "own_settings" and ran:  # As the real host refuses other settings.
+            raise hosts.Refused("--mixed_precision=true differs from this host's first cell")
+        ran.append(os.getpid())
+        out = pathlib.Path(args["output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "argv.json").write_text(json.dumps(argv))
+        if algorithm == "bogus":
+            print("some warning", file=sys.stderr)
+            print("error: unknown --algorithm 'bogus'; use one of: fedavg", file=sys.stderr)
+            sys.exit(2)
+        if algorithm == "crash":
+            print("Traceback (most recent call last):", file=sys.stderr)
+            print("RuntimeError: boom", file=sys.stderr)
+            sys.exit(1)
+        keys = ("partition", "algorithm", "model", "seed")
+        (out / "flags.json").write_text(json.dumps({{k: args[k] for k in keys}}))
+        print("[federated] round 1/1", flush=True)
+        print("a stderr line", file=sys.stderr, flush=True)
+        if algorithm == "stubborn":
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if algorithm in ("slow", "stubborn"):
+            (out / "started").write_text("")
+            try:
+                time.sleep(120)
+            except KeyboardInterrupt:
+                sys.exit(130)
+        if algorithm == "sleep":
+            # A barrier, not a fixed sleep: wait (up to 30 s) until all three "sleep" cells have
+            # started, which only happens when they run at the same time; robust on a loaded CPU.
+            start = time.time()
+            (out / "barrier").write_text("")
+            while len(list(out.parent.glob("*/barrier"))) < 3 and time.time() < start + 30:
+                time.sleep(0.05)
+            (out / "times.json").write_text(json.dumps([start, time.time()]))
+        acc = 0.5 + 0.1 * int(args["seed"])
+        summary = {{
+            "federated": {{"test_accuracy": acc, "test_auc": 0.7, "test_loss": 1.0, "rounds": 1}},
+            "wall_seconds": 0.1,
+        }}
+        (out / "summary.json").write_text(json.dumps(summary))
+
+
+    if sys.argv[1:3] == ["-m", "experiments.cell_host"]:
+        from tff_vision.sweep import hosts
+
+        sys.exit(hosts.serve(cell))
     assert sys.argv[1:3] == ["-m", "experiments.run"], sys.argv
-    args = dict(a[2:].split("=", 1) for a in sys.argv[3:])
-    out = pathlib.Path(args["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "argv.json").write_text(json.dumps(sys.argv[1:]))
-    algorithm = args["algorithm"]
-    if algorithm == "bogus":
-        print("some warning", file=sys.stderr)
-        print("error: unknown --algorithm 'bogus'; use one of: fedavg", file=sys.stderr)
-        sys.exit(2)
-    if algorithm == "crash":
-        print("Traceback (most recent call last):", file=sys.stderr)
-        print("RuntimeError: boom", file=sys.stderr)
-        sys.exit(1)
-    keys = ("partition", "algorithm", "model", "seed")
-    (out / "flags.json").write_text(json.dumps({{k: args[k] for k in keys}}))
-    print("[federated] round 1/1", flush=True)
-    print("a stderr line", file=sys.stderr, flush=True)
-    if algorithm == "stubborn":
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if algorithm in ("slow", "stubborn"):
-        (out / "started").write_text("")
-        try:
-            time.sleep(120)
-        except KeyboardInterrupt:
-            sys.exit(130)
-    if algorithm == "sleep":
-        # A barrier, not a fixed sleep: wait (up to 30 s) until all three "sleep" cells have
-        # started, which only happens when they run at the same time; robust on a loaded CPU.
-        start = time.time()
-        (out / "barrier").write_text("")
-        while len(list(out.parent.glob("*/barrier"))) < 3 and time.time() < start + 30:
-            time.sleep(0.05)
-        (out / "times.json").write_text(json.dumps([start, time.time()]))
-    acc = 0.5 + 0.1 * int(args["seed"])
-    summary = {{
-        "federated": {{"test_accuracy": acc, "test_auc": 0.7, "test_loss": 1.0, "rounds": 1}},
-        "wall_seconds": 0.1,
-    }}
-    (out / "summary.json").write_text(json.dumps(summary))
+    cell(sys.argv[3:])
     """
 )
 
@@ -332,7 +347,13 @@ class AttemptTest(parameterized.TestCase):
 
 
 class RunnerTest(parameterized.TestCase):
-    """`sweep.Runner` with a fake experiments.run: real subprocesses, no TensorFlow."""
+    """`sweep.Runner` with a fake experiments.run: real subprocesses, no TensorFlow.
+
+    Every test runs twice: with a fresh process per cell, and (`ResidentRunnerTest`)
+    with resident cell hosts, the fake cell inside the real host loop (`hosts.serve`).
+    """
+
+    cell_processes = "fresh"
 
     def setUp(self):
         super().setUp()
@@ -342,16 +363,22 @@ class RunnerTest(parameterized.TestCase):
         self.fake.chmod(0o755)
         self.lines = []
 
-    def _runner(self, cells, **kwargs):
+    def _runner(self, cells, max_parallel=1, **kwargs):
         state = sweep.SweepState.load(self.dir)
         state.merge({}, cells, {})
         state.save()
+        launcher = sweep.LocalLauncher(
+            self.dir,
+            python=str(self.fake),
+            max_parallel=max_parallel,
+            cell_processes=self.cell_processes,
+        )
         return sweep.Runner(
             state,
             cells,
             printer=self.lines.append,
             error_printer=self.lines.append,
-            python=str(self.fake),
+            launcher=launcher,
             **kwargs,
         )
 
@@ -378,6 +405,9 @@ class RunnerTest(parameterized.TestCase):
             "exit 2: error: unknown --algorithm 'bogus'; use one of: fedavg",
         )
         self.assertEqual(records["crash"]["message"], "exit 1: RuntimeError: boom")
+        pids = {records[a]["pid"] for a in ("fedavg", "bogus", "crash")}
+        # Resident: one host ran all three (a cell exiting 2 leaves its host serving).
+        self.assertLen(pids, 1 if self.cell_processes == "resident" else 3)
         self.assertRegex(
             self.lines[0],
             r"^\[cells 1/3\] partition=dirichlet-0\.1__algorithm=fedavg.*: "
@@ -454,6 +484,42 @@ class RunnerTest(parameterized.TestCase):
         self.assertEqual(records["fedavg"]["status"], "pending")  # Never started.
         self.assertFalse(cells[2].output_dir(self.dir).exists())
         self.assertTrue(any(line.startswith("interrupted: stopping 2") for line in self.lines))
+
+    def test_killed_cell_fails_alone_and_the_next_runs(self):
+        cells = sweep.expand_grid(["iid"], ["slow", "fedavg", "own_settings"], ["cnn"], [0], {})
+        runner = self._runner(cells)
+        started = cells[0].output_dir(self.dir) / "started"
+        killed = []
+
+        def kill():
+            deadline = time.monotonic() + 30
+            while not started.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            killed.extend(runner.running_pids())
+            os.kill(killed[0], signal.SIGKILL)  # The cell's process (resident: its host).
+
+        thread = threading.Thread(target=kill)
+        thread.start()
+        outcome = runner.run()
+        thread.join()
+        self.assertEqual(outcome.exit_code, 1, msg=self.lines)
+        records = self._records()
+        self.assertEqual(records["slow"]["status"], "failed")
+        self.assertEqual(records["slow"]["exit_code"], -signal.SIGKILL)
+        self.assertStartsWith(records["slow"]["message"], "killed by SIGKILL: ")
+        self.assertEqual(records["slow"]["pid"], killed[0])
+        self.assertEqual(records["fedavg"]["status"], "done")
+        self.assertNotEqual(records["fedavg"]["pid"], killed[0])
+        # Resident: a cell the host refuses (other process-wide settings) runs in a new host.
+        self.assertEqual(records["own_settings"]["status"], "done")
+        if self.cell_processes == "resident":
+            self.assertNotEqual(records["own_settings"]["pid"], records["fedavg"]["pid"])
+        pids = [r["pid"] for r in records.values()]
+        self.assertFalse([p for p in pids if psutil.pid_exists(p)])  # Ended and reaped.
+
+
+class ResidentRunnerTest(RunnerTest):
+    cell_processes = "resident"
 
 
 if __name__ == "__main__":

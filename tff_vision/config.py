@@ -289,8 +289,8 @@ class RuntimeSettings:
     )
     local_workers: int = option(
         0,
-        "Start this many TFF worker services on 127.0.0.1 and spread each round's clients over "
-        "them (0 = one in-process local context).",
+        "Start this many local TFF worker services (each in a private network) and spread each "
+        "round's clients over them (0 = one local worker).",
         lower_bound=0,
         affects_results=False,
     )
@@ -300,6 +300,16 @@ class RuntimeSettings:
         "long-running worker_binary grows by ~0.5 MB per round. Results do not change.",
         lower_bound=0,
         bound_note="0 = never",
+        affects_results=False,
+    )
+    worker_concurrency: int = option(
+        0,
+        "Computations a local TFF worker runs at once (0 = no limit: all clients of a round "
+        "train together). 1 trains them one after another: less memory for large models "
+        "(ResNet-18: ~0.5 GB less per worker), slower rounds for small ones. Results do not "
+        "change.",
+        lower_bound=0,
+        bound_note="0 = no limit",
         affects_results=False,
     )
     # On and off differ in the last bits (each reproduces exactly on CPU), so both are recorded.

@@ -3,7 +3,8 @@
 `build_parts` turns a validated config into what the TFF process is built
 from (client data per round, client and server optimizers, the aggregator,
 the privacy accountant) and prints what was chosen; `run_federated` starts
-TFF's execution context, builds the process and runs the resumable
+TFF's execution context, builds the process (or reuses an equal build, where
+a caller turned `process_cache` on) and runs the resumable
 `training.FederatedTrainer`, shutting TFF's workers down however it ends.
 Results depend on the order of the TF calls here (seeded model builds,
 traced functions): it is the order the experiment has always used.
@@ -26,6 +27,7 @@ from tff_vision import (
     communication,
     evaluation,
     privacy,
+    process_cache,
     runtime,
     selection,
     training,
@@ -191,23 +193,10 @@ def run_federated(
         evaluate = with_epsilon(evaluate, parts.accounting, parts.data, config.rounds)
     _start_execution_context(config, out, printer)
     try:
-        process = algorithms.build_process(
-            config.algorithm,
-            keras_model.model_fn(build_model, parts.data.element_spec, skip_random_init=True),
-            client_optimizer=parts.client_optimizer,
-            server_optimizer=parts.server,
-            client_learning_rate_fn=parts.schedule,
-            model_aggregator=None if config.aggregator == "mean" else parts.aggregator,
-            proximal_strength=config.proximal_strength,
-            client_learning_rate=config.client_lr,
-            client_momentum=config.client_momentum,
-            num_clients=config.num_clients,
-            ditto_lambda=config.ditto_lambda,
-            fedrep_head_epochs=config.fedrep_head_epochs,
+        process, client_bytes = process_cache.get_or_build(
+            process_key(config, parts.data.element_spec),
+            lambda: _build_process(config, parts, build_model),
         )
-        if config.workers or config.local_workers:
-            _check_mergeable(config.algorithm, process.next)
-        client_bytes = communication.client_bytes(process)
         eval_model = build_model()
         trainer = training.FederatedTrainer(
             process,
@@ -239,16 +228,69 @@ def run_federated(
         runtime.shutdown()
 
 
+# Settings that reach the federated process only through its data, its initial weights
+# (`training.RoundStep` sets them from the run's own model; the model inside the process is
+# built with `skip_random_init`, so --seed draws nothing there) or its outputs: processes
+# built for settings that differ only in these are the same computations (their serialized
+# protos were compared byte for byte across seeds and partitions).
+_NOT_IN_PROCESS = frozenset({"seed", "partition", "exclude", "output_dir"})
+
+
+def process_key(config: ExperimentConfig, element_spec) -> tuple:
+    """What the process of `config` is built from, for `process_cache`.
+
+    Every setting but `_NOT_IN_PROCESS`, the client data's element spec and
+    the DP noise seed (derived from --seed, and part of the aggregator's state).
+    """
+    settings = tuple(
+        (field.name, getattr(config, field.name))
+        for field in dataclasses.fields(config)
+        if field.name not in _NOT_IN_PROCESS
+    )
+    noise_seed = (
+        client_data.derive_seed(config.seed, "dp-noise") if config.aggregator == "dp" else None
+    )
+    return settings, repr(element_spec), noise_seed
+
+
+def _build_process(
+    config: ExperimentConfig, parts: FederatedParts, build_model: Callable[[], tf.keras.Model]
+) -> tuple[Any, communication.RoundBytes]:
+    """The algorithm's learning process and what a client moves per round in it."""
+    process = algorithms.build_process(
+        config.algorithm,
+        keras_model.model_fn(build_model, parts.data.element_spec, skip_random_init=True),
+        client_optimizer=parts.client_optimizer,
+        server_optimizer=parts.server,
+        client_learning_rate_fn=parts.schedule,
+        model_aggregator=None if config.aggregator == "mean" else parts.aggregator,
+        proximal_strength=config.proximal_strength,
+        client_learning_rate=config.client_lr,
+        client_momentum=config.client_momentum,
+        num_clients=config.num_clients,
+        ditto_lambda=config.ditto_lambda,
+        fedrep_head_epochs=config.fedrep_head_epochs,
+    )
+    if config.workers or config.local_workers:
+        _check_mergeable(config.algorithm, process.next)
+    return process, communication.client_bytes(process)
+
+
 def _start_execution_context(config: ExperimentConfig, out: pathlib.Path, printer: Printer) -> None:
     """TFF's execution context for the run: one local worker, or several (--workers...)."""
+    concurrency = config.worker_concurrency or -1  # The worker's flag: nonpositive = no limit.
     if config.local_workers:
-        workers = runtime.start_local_multi_worker_context(config.local_workers, log_dir=out)
+        workers = runtime.start_local_multi_worker_context(
+            config.local_workers, max_concurrent_computation_calls=concurrency, log_dir=out
+        )
         printer(f"TFF workers: {', '.join(w.target for w in workers)} (local, private network)")
     elif config.workers:
         runtime.start_multi_worker_context(config.workers)
         printer(f"TFF workers: {', '.join(config.workers)} (remote, unauthenticated gRPC)")
     else:
-        runtime.start_local_context(log_path=out / "worker.log")
+        runtime.start_local_context(
+            max_concurrent_computation_calls=concurrency, log_path=out / "worker.log"
+        )
 
 
 def _check_mergeable(algorithm: str, computation) -> None:

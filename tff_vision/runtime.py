@@ -57,6 +57,7 @@ __all__ = [
     "start_local_multi_worker_context",
     "start_local_workers",
     "start_multi_worker_context",
+    "trim_heap",
     "worker_binary_path",
 ]
 
@@ -115,7 +116,9 @@ def _executor_factory(stub, default_num_clients: int = 0):
         cardinalities = dict(cardinalities)
         if cardinalities.get(tff.CLIENTS) is None:
             cardinalities[tff.CLIENTS] = default_num_clients
-        executor = tff.framework.RemoteExecutor(stub)
+        # Each value the worker holds is released as soon as Python drops it: TFF's default
+        # batches 20 disposals, which keeps several rounds of model-sized values alive there.
+        executor = tff.framework.RemoteExecutor(stub, dispose_batch_size=1)
         executor.set_cardinalities(cardinalities)
         return executor
 
@@ -413,6 +416,16 @@ def release_free_memory() -> None:
     import gc  # pylint: disable=g-import-not-at-top
 
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Returns glibc's free heap pages to the OS (`malloc_trim`; a no-op elsewhere).
+
+    A round frees several model-sized buffers (the state sent and received,
+    the evaluation's activations) in arenas that glibc would otherwise keep
+    resident; the trainer trims after each round so that they do not.
+    """
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

@@ -301,6 +301,7 @@ class FederatedTrainer:
             progress.update(round_num, row["seconds"], _progress_metrics(row))
             if runtime.restart_workers_after(round_num, self.restart_workers_every, self.rounds):
                 self.printer(f"[federated] fresh TFF worker(s) after round {round_num}")
+            runtime.trim_heap()
         interrupts.raise_if_interrupted()
         if final_eval is None:  # Nothing left to run: evaluate the restored final state.
             final_eval, final_val = self._score(state)

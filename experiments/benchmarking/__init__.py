@@ -1,7 +1,7 @@
-"""Performance harness: FedAvg overhead, memory growth, client scaling, multi-worker runs.
+"""Performance harness: FedAvg overhead, memory, clients, multi-worker runs, sweep cells.
 
-Everything is measured inside one Python process (plus the TFF worker
-processes it starts), with the package's own pieces: `FederatedData` for the
+Everything but run_memory and sweep is measured inside one Python process (plus the
+TFF worker processes it starts), with the package's own pieces: `FederatedData` for the
 per-round datasets, `build_fedavg` for the process, `training.RoundStep` for
 each round (the step `FederatedTrainer` runs, without evaluation, checkpoints
 or metric files) and `runtime` for the TFF workers.
@@ -28,13 +28,21 @@ Suites (each yields rows `suite, setting, data, values, ratio, target, met`):
   and after all rounds run freely (reported; training amplifies last-bit
   differences).
 
+* run_memory: peak RSS, process plus TFF workers, of the README's reference
+  federated run (ResNet-18, 20 rounds) started as a process of its own;
+  with a baseline tree (older code), the same for it and whether both wrote
+  the same metrics. Target: <= 2.5 GB.
+* sweep: the 20-cell CNN ablation grid through `experiments.sweep`, one
+  process per cell against resident cell hosts: cells per hour, and whether
+  every cell's results are identical. Target: >= 1.6x.
+
 Rows report wall-clock ratios and, in `values`, the CPU seconds of this
 process plus its workers, which a loaded machine disturbs much less. Timings
 depend on the machine and its load; `meta` records the CPU count and load
 averages before and after.
 
 Modules: `config` (settings, rows, result), `measure` (clocks, RSS),
-`runs` (the timed experiments), `suites`, `harness` (`run`).
+`runs` (the timed experiments), `suites`, `run_memory`, `sweep_suite`, `harness` (`run`).
 """
 
 from experiments.benchmarking.config import COLUMNS, SUITES, BenchmarkConfig, BenchmarkResult, Row

@@ -14,7 +14,7 @@ from typing import Any
 from tff_vision import devices, fileio
 
 # Memory first by default: RSS is steadiest before other suites have come and gone.
-SUITES = ("memory", "overhead", "clients", "workers")
+SUITES = ("memory", "overhead", "clients", "workers", "run_memory", "sweep")
 COLUMNS = ("suite", "setting", "data", "values", "ratio", "target", "met")
 
 
@@ -41,6 +41,12 @@ class BenchmarkConfig:
         memory_restart_every: Fresh TFF worker after every this many rounds of
             the memory run, as the runner's --restart_workers_every does
             (0 = never: shows the worker's own growth).
+        memory_run_rounds: Rounds of the run_memory suite's reference run.
+        memory_run_flags: Further `experiments.run` flags of that run.
+        memory_baseline_tree: A checkout of older code whose reference run
+            the run_memory suite measures too, for a before/after row.
+        sweep_quick: The sweep suite runs its 4-cell grid instead of the
+            README's 20-cell one.
         examples_per_client: Synthetic examples per client (memory, clients).
         clients_registered: Registered clients of the sampled setting.
         clients_sampled: Clients per round (and clients of the dense setting).
@@ -76,6 +82,10 @@ class BenchmarkConfig:
     memory_rounds: tuple[int, int] = (20, 200)
     memory_clients: int = 10
     memory_restart_every: int = 50
+    memory_run_rounds: int = 20
+    memory_run_flags: tuple[str, ...] = ()
+    memory_baseline_tree: str | None = None
+    sweep_quick: bool = False
     examples_per_client: int = 32
     clients_registered: int = 100
     clients_sampled: int = 10
@@ -102,6 +112,8 @@ class BenchmarkConfig:
             overhead_rounds=3,
             memory_rounds=(10, 50),
             memory_restart_every=20,
+            memory_run_rounds=4,
+            sweep_quick=True,
             clients_rounds=4,
             workers_counts=(2,),
             workers_clients=4,
@@ -115,7 +127,8 @@ class BenchmarkConfig:
         unknown = [s for s in self.suites if s not in SUITES]
         if unknown:
             raise ValueError(f"unknown suite(s) {unknown}; use some of {', '.join(SUITES)}")
-        if min(self.overhead_rounds, self.clients_rounds, self.workers_rounds) < 1:
+        rounds = (self.overhead_rounds, self.clients_rounds, self.workers_rounds)
+        if min(*rounds, self.memory_run_rounds) < 1:
             raise ValueError("every *_rounds must be >= 1")
         early, late = self.memory_rounds
         if not 1 <= early < late:

@@ -1,4 +1,4 @@
-"""What the benchmark measures with: wall and CPU clocks, RSS of a process tree, summaries.
+"""What the benchmark measures with: clocks, RSS of a process tree, summaries, run results.
 
 CPU seconds of this process plus its TFF workers are far less sensitive than
 wall time to other jobs on a loaded machine, so rows report both.
@@ -6,7 +6,9 @@ wall time to other jobs on a loaded machine, so rows report both.
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -98,3 +100,29 @@ def max_abs_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> floa
     if len(a) != len(b):
         raise ValueError(f"weight lists differ in length: {len(a)} vs {len(b)}")
     return max((float(np.max(np.abs(x - y), initial=0.0)) for x, y in zip(a, b)), default=0.0)
+
+
+def run_results(out: pathlib.Path) -> dict[str, Any]:
+    """A run's results in `out` without wall times: metrics.csv rows and summary.json.
+
+    Columns and keys that are durations (`round_seconds`, `seconds`,
+    `wall_seconds`) are left out; every other value, to the last digit, stays.
+    """
+    import pandas as pd  # pylint: disable=g-import-not-at-top
+
+    metrics = pd.read_csv(out / "metrics.csv", dtype=str, keep_default_na=False)
+    metrics = metrics[[c for c in metrics.columns if not _is_time(c)]]
+    summary = json.loads((out / "summary.json").read_text())
+    return {"metrics": metrics.to_dict(orient="list"), "summary": _without_times(summary)}
+
+
+def _is_time(key: str) -> bool:
+    return key.endswith("seconds")
+
+
+def _without_times(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if not _is_time(k)}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value

@@ -1,4 +1,4 @@
-"""The four benchmark suites; each takes a `BenchmarkConfig` and returns its `Row`s.
+"""The benchmark suites; each takes a `BenchmarkConfig` and returns its `Row`s.
 
 Each suite starts the TFF workers it needs and stops every worker of this
 process (`runtime.shutdown()`) when done. Settings compared in one suite run
@@ -16,6 +16,8 @@ import numpy as np
 from experiments.benchmarking import measure, runs
 from experiments.benchmarking.config import BenchmarkConfig, Row, yes_no
 from experiments.benchmarking.measure import Clock, mib, process_tree_rss, ratio, steady_seconds
+from experiments.benchmarking.run_memory import suite_run_memory
+from experiments.benchmarking.sweep_suite import suite_sweep
 from tff_vision import runtime
 
 Printer = Callable[[str], None]
@@ -420,4 +422,6 @@ SUITE_FNS: dict[str, Callable[[BenchmarkConfig, Printer], list[Row]]] = {
     "memory": suite_memory,
     "clients": suite_clients,
     "workers": suite_workers,
+    "run_memory": suite_run_memory,
+    "sweep": suite_sweep,
 }

@@ -39,13 +39,21 @@ Modules, each one job:
     grid      the cells of a grid: names, commands, validation
     state     sweep.json: cell status, attempts and their tally, the lock
     process   the cells' subprocesses: started with their log, stopped in order
-    launchers where cells run: `LocalLauncher` (subprocesses here), `RayLauncher` (Ray tasks
-              that run the same subprocesses on a cluster's nodes)
+    hosts     resident cell hosts: long-lived processes that run cells one after another
+              (both ends of their pipe; `experiments.cell_host` is the host)
+    launchers where cells run: `LocalLauncher` (subprocesses here: a fresh run per cell, or
+              resident cell hosts), `RayLauncher` (Ray tasks that run the same
+              subprocesses on a cluster's nodes)
     runner    `Runner`: schedules the cells through a launcher, records and prints each
     terminal  the lines printed: per cell with ETA, the summary, the dry-run listing
 
 This package imports no TensorFlow (the runs do, in their own processes), and
 Ray only once a `RayLauncher` is made.
+
+With resident cell hosts (`LocalLauncher(cell_processes="resident")`,
+`experiments.sweep`'s default) a cell is the same run inside a long-lived host
+process that runs cells one after another, each with a fresh TFF context and
+exactly the results of the subprocess; see `hosts`.
 """
 
 from tff_vision.sweep.grid import (
@@ -61,7 +69,8 @@ from tff_vision.sweep.grid import (
     name_component,
     parse_seeds,
 )
-from tff_vision.sweep.launchers import Launcher, LocalLauncher, RayLauncher
+from tff_vision.sweep.hosts import CELLS_PER_HOST, HOST_MODULE, CellHosts
+from tff_vision.sweep.launchers import CELL_PROCESSES, Launcher, LocalLauncher, RayLauncher
 from tff_vision.sweep.process import PROJECT_ROOT, STOP_STEPS, CellProcesses
 from tff_vision.sweep.runner import Runner
 from tff_vision.sweep.state import (
@@ -80,6 +89,9 @@ from tff_vision.sweep.terminal import describe, summary_lines
 
 __all__ = [
     "CELLS_DIR",
+    "CELLS_PER_HOST",
+    "CELL_PROCESSES",
+    "HOST_MODULE",
     "LOG_FILE",
     "PROJECT_ROOT",
     "RUN_MODULE",
@@ -88,6 +100,7 @@ __all__ = [
     "STOP_STEPS",
     "SWEPT_FLAGS",
     "Cell",
+    "CellHosts",
     "CellProcesses",
     "CellResult",
     "GridChange",

@@ -10,7 +10,9 @@ its own thread, whichever launcher runs the cells:
     slots                      how many cells run at once (for the ETA)
     close()                    frees what the launcher holds (idempotent)
 
-`LocalLauncher` runs `CellProcesses` from a thread pool, `max_parallel` at once.
+`LocalLauncher` runs `CellProcesses` from a thread pool, `max_parallel` at once,
+or with ``cell_processes="resident"`` `hosts.CellHosts`: the same cells, run one
+after another in long-lived cell hosts.
 `RayLauncher` makes each cell one Ray task with the cell's CPUs and GPUs; the
 task runs the very same `CellProcesses` on its node, so a cell is a fresh
 `python -m experiments.run` process there and gives exactly the numbers it
@@ -37,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from tff_vision.sweep.grid import Cell, SweepError
+from tff_vision.sweep.hosts import CELLS_PER_HOST, CellHosts
 from tff_vision.sweep.process import STOP_STEPS, CellProcesses
 from tff_vision.sweep.state import CellResult
 
@@ -68,14 +71,42 @@ class Launcher(Protocol):
     def close(self) -> None: ...
 
 
-class LocalLauncher:
-    """Cells as subprocesses of this process, `max_parallel` at a time."""
+CELL_PROCESSES = ("resident", "fresh")
 
-    def __init__(self, sweep_dir: os.PathLike | str, *, python: str, max_parallel: int = 1):
+
+class LocalLauncher:
+    """Cells as subprocesses of this process, `max_parallel` at a time.
+
+    `cell_processes`: "fresh", one `python -m experiments.run` per cell, or
+    "resident", cells run one after another in long-lived cell hosts
+    (`hosts.CellHosts`, at most `cells_per_host` cells each), which saves each
+    cell the interpreter's start, the TF imports and the process's tracing.
+    """
+
+    def __init__(
+        self,
+        sweep_dir: os.PathLike | str,
+        *,
+        python: str,
+        max_parallel: int = 1,
+        cell_processes: str = "fresh",
+        cells_per_host: int = CELLS_PER_HOST,
+    ):
         if max_parallel < 1:
             raise SweepError(f"--max_parallel must be >= 1, got {max_parallel}")
+        if cell_processes not in CELL_PROCESSES:
+            raise SweepError(
+                f"--cell_processes={cell_processes} is unknown; "
+                f"use one of {', '.join(CELL_PROCESSES)}"
+            )
+        if cells_per_host < 1:
+            raise SweepError(f"--cells_per_host must be >= 1, got {cells_per_host}")
         self.slots = max_parallel
-        self._processes = CellProcesses(sweep_dir, python)
+        self._processes = (
+            CellHosts(sweep_dir, python, cells_per_host=cells_per_host)
+            if cell_processes == "resident"
+            else CellProcesses(sweep_dir, python)
+        )
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_parallel, thread_name_prefix="sweep-cell"
         )
@@ -90,11 +121,18 @@ class LocalLauncher:
         return self._processes.elapsed()
 
     def pids(self) -> list[int]:
-        """Process ids of the cells running now."""
+        """Process ids of the cells running now (with resident hosts: of their hosts)."""
         return self._processes.pids()
 
     def close(self) -> None:
+        """Starts no further cell, waits for the running ones and ends every host. Idempotent.
+
+        Idle hosts end before the pool's threads do: a host dies with the thread
+        that started it (`childproc.die_with_parent`).
+        """
+        self._processes.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._processes.close()  # Hosts whose cells were still running above.
 
 
 def run_on_node(

@@ -31,7 +31,7 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 STOP_STEPS = ((signal.SIGINT, 30.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0))
 
 
-def _env() -> dict[str, str]:
+def cell_env() -> dict[str, str]:
     """The cells' environment: this package importable, output unbuffered."""
     env = dict(os.environ)
     paths = [str(PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
@@ -40,7 +40,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _preexec(base: Callable[[], None] | None) -> Callable[[], None]:
+def child_preexec(base: Callable[[], None] | None) -> Callable[[], None]:
     """`base` (see `childproc`), after unblocking the stop signals in the child.
 
     A blocked signal stays blocked across exec, and a launcher's thread may
@@ -55,22 +55,49 @@ def _preexec(base: Callable[[], None] | None) -> Callable[[], None]:
     return preexec
 
 
-def _drain(proc: subprocess.Popen, log: BinaryIO) -> str:
-    """Copies the run's stderr into its log until it ends; returns its last error line.
+class LastLine:
+    """The line a failed cell is reported by: its last ``error: `` line, else its last line.
 
-    The last ``error: `` line (the runners' one-line errors) wins over any later
-    noise; without one, the last non-empty line.
+    The last ``error: `` line (the runners' one-line errors) wins over any
+    later noise.
     """
-    last_line = last_error = ""
+
+    def __init__(self):
+        self.last_line = self.last_error = ""
+
+    def add(self, raw: bytes) -> None:
+        line = raw.decode(errors="replace").strip()
+        if line:
+            self.last_line = line
+            if line.startswith("error: "):
+                self.last_error = line
+
+    @property
+    def text(self) -> str:
+        return self.last_error or self.last_line
+
+
+def _drain(proc: subprocess.Popen, log: BinaryIO) -> str:
+    """Copies the run's stderr into its log until it ends; returns its `LastLine`."""
+    last = LastLine()
     assert proc.stderr is not None
     for raw in proc.stderr:
         log.write(raw)
-        line = raw.decode(errors="replace").strip()
-        if line:
-            last_line = line
-            if line.startswith("error: "):
-                last_error = line
-    return last_error or last_line
+        last.add(raw)
+    return last.text
+
+
+def open_log(cell: Cell, sweep_dir: pathlib.Path, header: str) -> BinaryIO | CellResult:
+    """The cell's log opened for appending, `header` written; a failed result if it cannot be."""
+    out = cell.output_dir(sweep_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # Closed by the caller once the cell ends, hence no `with`.
+        log = open(out / LOG_FILE, "ab", buffering=0)  # noqa: SIM115
+    except OSError as e:
+        return CellResult(cell, 126, 0.0, f"cannot write {out / LOG_FILE}: {e}")
+    log.write(f"\n=== {timestamp()} {header}\n".encode())
+    return log
 
 
 class CellProcesses:
@@ -87,7 +114,7 @@ class CellProcesses:
         self._stopping = False
         self._running: dict[str, subprocess.Popen] = {}
         self._started: dict[str, float] = {}
-        self._preexec = _preexec(childproc.die_with_parent())
+        self._preexec = child_preexec(childproc.die_with_parent())
 
     def pids(self) -> list[int]:
         """Process ids of the cells running now."""
@@ -100,20 +127,22 @@ class CellProcesses:
         with self._lock:
             return [now - start for start in self._started.values()]
 
+    def _open_log(self, cell: Cell, command: list[str]) -> BinaryIO | CellResult:
+        """The cell's log, opened for this attempt; a result instead once stopping began.
+
+        Call with the lock held, so that no cell starts once stopping has begun.
+        """
+        if self._stopping:
+            return CellResult(cell, None)
+        return open_log(cell, self.sweep_dir, f"attempt: {shlex.join(command)}")
+
     def _start(self, cell: Cell) -> tuple[subprocess.Popen, BinaryIO, float] | CellResult:
         """Opens the cell's log and starts its run, unless stopping began; a result if not run."""
         command = cell.command(self.sweep_dir, self.python)
-        out = cell.output_dir(self.sweep_dir)
         with self._lock:
-            if self._stopping:
-                return CellResult(cell, None)
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-                # Closed by `run` once the cell ends, hence no `with`.
-                log = open(out / LOG_FILE, "ab", buffering=0)  # noqa: SIM115
-            except OSError as e:
-                return CellResult(cell, 126, 0.0, f"cannot write {out / LOG_FILE}: {e}")
-            log.write(f"\n=== {timestamp()} attempt: {shlex.join(command)}\n".encode())
+            log = self._open_log(cell, command)
+            if isinstance(log, CellResult):
+                return log
             start = time.monotonic()
             try:
                 proc = subprocess.Popen(  # pylint: disable=consider-using-with
@@ -121,7 +150,7 @@ class CellProcesses:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.PIPE,
-                    env=_env(),
+                    env=cell_env(),
                     cwd=self.cwd,
                     close_fds=True,
                     process_group=0,  # Ctrl-C in the terminal reaches only the sweep.
@@ -151,6 +180,9 @@ class CellProcesses:
             log.close()
         return CellResult(cell, returncode, time.monotonic() - start, last_line, proc.pid)
 
+    def close(self) -> None:
+        """Nothing to free: every run ends with its cell."""
+
     def stop(
         self,
         futures: Sequence[concurrent.futures.Future],
@@ -167,32 +199,45 @@ class CellProcesses:
         with self._lock:
             self._stopping = True
             running = list(self._running.values())
-        for future in futures:
-            future.cancel()  # Cells not started yet never will be.
-        if running:
-            say(
-                f"interrupted: stopping {len(running)} running cell(s) "
-                "(they keep their checkpoints; Ctrl-C again to stop them faster)"
-            )
-        for signum, grace in steps:
-            alive = [p for p in running if p.poll() is None]
-            if not alive:
-                break
-            for proc in alive:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signum)
-            deadline = time.monotonic() + grace
-            try:
-                while time.monotonic() < deadline and any(p.poll() is None for p in alive):
-                    time.sleep(0.1)
-            except KeyboardInterrupt:
-                continue  # Next, harder signal right away.
-        with contextlib.suppress(KeyboardInterrupt):
-            for proc in running:
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait()
-            concurrent.futures.wait(futures, timeout=30)
+        stop_processes(running, futures, steps, say)
+
+
+def stop_processes(
+    running: Sequence[subprocess.Popen],
+    futures: Sequence[concurrent.futures.Future],
+    steps: Sequence[tuple[int, float]],
+    say: Callable[[str], None],
+) -> None:
+    """Cancels the `futures` not started and stops the `running` cells: `steps` in turn.
+
+    See `CellProcesses.stop`; every process of `running` is reaped when this returns.
+    """
+    for future in futures:
+        future.cancel()  # Cells not started yet never will be.
+    if running:
+        say(
+            f"interrupted: stopping {len(running)} running cell(s) "
+            "(they keep their checkpoints; Ctrl-C again to stop them faster)"
+        )
+    for signum, grace in steps:
+        alive = [p for p in running if p.poll() is None]
+        if not alive:
+            break
+        for proc in alive:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+        deadline = time.monotonic() + grace
+        try:
+            while time.monotonic() < deadline and any(p.poll() is None for p in alive):
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            continue  # Next, harder signal right away.
+    with contextlib.suppress(KeyboardInterrupt):
+        for proc in running:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        concurrent.futures.wait(futures, timeout=30)
 
 
 def _raise_interrupt(signum, frame) -> None:  # pylint: disable=unused-argument

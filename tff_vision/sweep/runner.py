@@ -104,7 +104,7 @@ class Runner:
                     finished, pending = concurrent.futures.wait(
                         pending, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED
                     )
-                    for future in finished:
+                    for future in sorted(finished, key=futures.index):  # In grid order.
                         self._finish(future.result())
             except BaseException as e:  # Ctrl-C, SIGTERM, or a bug: no cell outlives us.
                 self.launcher.stop(futures, self.stop_steps, self.error_printer)
