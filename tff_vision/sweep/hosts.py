@@ -40,7 +40,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from tff_vision.sweep.grid import Cell
+from tff_vision.sweep.grid import Cell, SweepError
 from tff_vision.sweep.process import CellProcesses, LastLine, cell_env
 from tff_vision.sweep.state import CellResult
 
@@ -209,7 +209,7 @@ class CellHosts(CellProcesses):
     ):
         super().__init__(sweep_dir, python, cwd)
         if cells_per_host < 1:
-            raise ValueError(f"cells_per_host must be >= 1, got {cells_per_host}")
+            raise SweepError(f"--cells_per_host must be >= 1, got {cells_per_host}")
         self.cells_per_host = cells_per_host
         self._idle: list[CellHost] = []
         self._ended: list[CellHost] = []  # Told to end, not reaped yet.

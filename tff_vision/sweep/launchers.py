@@ -99,8 +99,6 @@ class LocalLauncher:
                 f"--cell_processes={cell_processes} is unknown; "
                 f"use one of {', '.join(CELL_PROCESSES)}"
             )
-        if cells_per_host < 1:
-            raise SweepError(f"--cells_per_host must be >= 1, got {cells_per_host}")
         self.slots = max_parallel
         self._processes = (
             CellHosts(sweep_dir, python, cells_per_host=cells_per_host)
