@@ -4,6 +4,7 @@ import contextlib
 import fcntl
 import ipaddress
 import os
+import signal
 import socket
 import stat
 import struct
@@ -128,6 +129,20 @@ class PrivateNetworkTest(absltest.TestCase):
         self.assertFalse(worker.alive())
         self.assertFalse(worker.loopback.alive())
         self.assertFalse(os.path.exists(os.path.dirname(worker.loopback.socket_path)))
+
+    def test_relay_removes_its_socket_however_many_stop_signals_come(self):
+        # A multi-threaded owner killed by SIGKILL sends the parent-death SIGTERM once per
+        # exiting thread; a later one used to interrupt the relay's cleanup and leave the socket.
+        if not _namespaces_available():
+            self.skipTest("this OS refuses unprivileged network namespaces")
+        for _ in range(5):
+            relay = loopback.PrivateLoopback(port=1)
+            self.addCleanup(relay.stop)
+            for _ in range(300):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(relay.process.pid, signal.SIGTERM)
+            self.assertEqual(relay.process.wait(timeout=30), 0)
+            self.assertFalse(os.path.exists(os.path.dirname(relay.socket_path)))
 
     def test_local_worker_listens_on_no_host_address(self):
         if not _namespaces_available():

@@ -222,30 +222,46 @@ def _relay(client: socket.socket, port: int) -> None:
             back.join()
 
 
-def _main(socket_path: str, port: int, owner: int) -> None:
-    libc = _libc()
-
-    def on_signal(signum, frame):  # pylint: disable=unused-argument
-        raise SystemExit(0)
-
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(signum, on_signal)
+def _listen(socket_path: str, owner: int) -> socket.socket | None:
+    """Enters the private network and binds the socket; None (and why, on stdout) if not."""
     try:
-        _enter_private_network(libc)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        _enter_private_network(_libc())
+        _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != owner:
-            return  # The owner is already gone.
+            return None  # The owner is already gone.
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         os.umask(0o177)  # The socket file: 0600, this user only.
         listener.bind(socket_path)
         listener.listen(16)
+        return listener
     except Refused as e:
         print("refused", e.strerror or e, flush=True)
-        return
     except Exception as e:  # pylint: disable=broad-except
         print("error", repr(e), flush=True)
-        return
+    return None
+
+
+def _main(socket_path: str, port: int, owner: int) -> None:
+    """Relays until the first stop signal, then removes the socket's directory, whatever happened.
+
+    The parent-death signal comes once per exiting thread of a multi-threaded owner (the kernel
+    reparents us to each surviving thread in turn), so only the first signal stops us: a later
+    one must not interrupt the cleanup.
+    """
+    stopping = False
+
+    def on_signal(signum, frame):  # pylint: disable=unused-argument
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise SystemExit(0)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, on_signal)
     try:
+        listener = _listen(socket_path, owner)
+        if listener is None:
+            return
         print("ready", flush=True)
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
         while True:
