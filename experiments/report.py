@@ -9,9 +9,12 @@ into <sweep_dir>/report/: table.csv and table.md (partition x algorithm,
 "mean ± std" and 95% t-interval over seeds of final test accuracy and AUC; a
 best algorithm per row by --metric only where it beats every other one in a
 paired comparison across seeds, else a tie), cells.csv, aggregate.csv,
-accuracy_vs_alpha.png, accuracy_vs_k.png, algorithms.png and
-partitions/<partition>.png. The markdown
-table goes to stdout; notes (skipped plots, unfinished cells) to stderr. See
+accuracy_vs_alpha.png, accuracy_vs_k.png, algorithms.png,
+partitions/<partition>.png and, for label-skewed partitions, the per-hospital
+tables hospitals.md / hospitals.csv / hospital_verdicts.csv (each method's
+model at each hospital, on the hospital's own classes, against local-only and
+FedAvg) with hospitals/<model>__<partition>.png. The markdown tables go to
+stdout; notes (skipped plots, unfinished cells) to stderr. See
 `tff_vision/report.py` for the design. Unfinished cells are left out, so the
 report can be made while a sweep still runs.
 
@@ -52,6 +55,8 @@ def main(argv: list[str]) -> None:
     except OSError as e:
         fail(f"cannot write {sweep_dir / report.REPORT_DIR} ({e.strerror or e}); check permissions")
     print(result.markdown, end="", flush=True)
+    if result.hospitals_markdown:
+        print("\n" + result.hospitals_markdown, end="", flush=True)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     print(report.describe_files(result.files, sweep_dir), file=sys.stderr, flush=True)

@@ -34,7 +34,7 @@ _HALF_3_SEEDS = 4.302653 * 0.1 / 3**0.5  # 0.248414
 _HALF_2_SEEDS = 12.706205 * 0.05  # 0.635310
 
 
-_MB = {"fedavg": 1_000_000, "fedprox": 2_000_000}
+_MB = {"fedavg": 1_000_000, "fedprox": 2_000_000, "fedper": 1_000_000}
 
 
 def _accuracy(partition, algorithm, seed):
@@ -394,6 +394,109 @@ class ReportTest(parameterized.TestCase):
         self.assertEqual(
             report.to_markdown(frame), "| a | b c |\n|---|---|\n| x\\|y |  |\n| 1.5 | z |"
         )
+
+
+# Each hospital's accuracy on its own classes, by method (AUC is accuracy + 0.2). Against
+# local-only, fine-tuning falls short at hospital 1 by 0.02 and FedPer holds everywhere
+# (smallest margin +0.01 at hospital 1); against FedAvg both hold, with margin +0.02 and
+# +0.01 at hospital 0.
+_HOSPITALS = {
+    "local-only": (0.55, 0.62, 0.58),
+    "fedavg": (0.62, 0.56, 0.56),
+    "fedavg + fine-tuning": (0.64, 0.60, 0.60),
+    "fedper": (0.63, 0.63, 0.60),
+}
+
+
+def _arm(method, seed):
+    accuracy = {str(h): v + _SEED_OFFSET[seed] for h, v in enumerate(_HOSPITALS[method])}
+    return {"accuracy": accuracy, "auc": {h: v + 0.2 for h, v in accuracy.items()}}
+
+
+def _hospital_sweep(sweep_dir):
+    """label_exclusion x {fedavg, fedper} x 3 seeds; fedavg cells also fine-tune."""
+    cells = sweep.expand_grid(["label_exclusion"], ["fedavg", "fedper"], ["cnn"], [0, 1, 2], {})
+    state = sweep.SweepState(sweep_dir)
+    state.merge({}, cells, {})
+    state.save()
+    for cell in cells:
+        _write_cell(sweep_dir, cell, 0.5)
+        path = cell.output_dir(sweep_dir) / "summary.json"
+        summary = json.loads(path.read_text())
+        arms = {"federated": _arm(cell.algorithm, cell.seed)}
+        arms["local_only"] = _arm("local-only", cell.seed)
+        if cell.algorithm == "fedavg":
+            arms["personalized"] = _arm("fedavg + fine-tuning", cell.seed)
+        summary["per_hospital"] = {"arms": arms}
+        path.write_text(json.dumps(summary))
+
+
+class HospitalReportTest(absltest.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = pathlib.Path(self.create_tempdir().full_path)
+
+    def test_per_hospital_means_intervals_and_worst_over_seeds(self):
+        _hospital_sweep(self.dir)
+        result = report.write_report(self.dir)
+        agg = result.hospitals
+        self.assertEqual(
+            list(dict.fromkeys(agg["method"])),
+            ["local-only", "fedavg", "fedavg + fine-tuning", "fedper"],
+        )
+        self.assertEqual(list(dict.fromkeys(agg["hospital"])), ["0", "1", "2", "worst"])
+        rows = agg.set_index(["method", "hospital"])
+        for method, values in _HOSPITALS.items():
+            for hospital, value in [*enumerate(values), ("worst", min(values))]:
+                row = rows.loc[(method, str(hospital))]
+                self.assertEqual(row["n"], 3)  # Local-only: three seeds, not six cells.
+                self.assertAlmostEqual(row["accuracy_mean"], value)
+                self.assertAlmostEqual(row["accuracy_ci_low"], value - _HALF_3_SEEDS, places=5)
+                self.assertAlmostEqual(row["accuracy_ci_high"], value + _HALF_3_SEEDS, places=5)
+                self.assertAlmostEqual(row["auc_mean"], value + 0.2)
+
+    def test_verdicts_give_the_smallest_paired_difference(self):
+        _hospital_sweep(self.dir)
+        result = report.write_report(self.dir)
+        verdicts = result.hospital_verdicts
+        accuracy = verdicts[verdicts["metric"] == "accuracy"].set_index(["method", "reference"])
+        for method, reference, margin, hospital in (
+            ("fedavg + fine-tuning", "local-only", -0.02, "1"),
+            ("fedavg + fine-tuning", "fedavg", 0.02, "0"),
+            ("fedper", "local-only", 0.01, "1"),
+            ("fedper", "fedavg", 0.01, "0"),
+        ):
+            row = accuracy.loc[(method, reference)]
+            self.assertAlmostEqual(row["margin"], margin)
+            self.assertEqual(row["hospital"], hospital)
+            self.assertEqual(row["n"], 3)
+            self.assertAlmostEqual(row["ci_low"], margin)  # The same difference every seed.
+            self.assertEqual(row["at_least_as_good"], margin > 0)
+        markdown = result.hospitals_markdown
+        self.assertIn(
+            "- fedper (accuracy): **at least as good as every reference at every hospital**",
+            markdown,
+        )
+        self.assertIn("short of local-only at hospital 1 by 0.020", markdown)
+        self.assertIn("| local-only | 0.550 [0.302, 0.798] |", markdown)
+        out = self.dir / "report"
+        self.assertEqual((out / "hospitals.md").read_text(), markdown)
+        self.assertLen(pd.read_csv(out / "hospital_verdicts.csv"), 8)
+        self.assertTrue(_is_png(out / "hospitals" / "cnn__label_exclusion.png"))
+
+    def test_no_per_hospital_scores_no_tables(self):
+        _hospital_sweep(self.dir)
+        report.write_report(self.dir)
+        _make_sweep(self.dir, ["iid"], ["fedavg"], ["cnn"], [0])  # Overwrites sweep.json.
+        for path in self.dir.glob("cells/*label_exclusion*"):
+            for child in path.iterdir():
+                child.unlink()
+            path.rmdir()
+        result = report.write_report(self.dir)
+        self.assertTrue(result.hospitals.empty)
+        self.assertEqual(result.hospitals_markdown, "")
+        self.assertFalse((self.dir / "report" / "hospitals.md").exists())
+        self.assertFalse((self.dir / "report" / "hospital_verdicts.csv").exists())
 
 
 class CliTest(absltest.TestCase):

@@ -5,15 +5,20 @@ BatchNorm tables), FedPer and FedRep (per-client heads), Ditto (personal
 models) and DP-FedAvg with adaptive clipping (clip-norm estimate, noise seed)
 keep state beyond the model weights. Each case runs an
 experiment to the end, then the same experiment again in a new directory,
-stopped right after round 2 is checkpointed (the runner's Ctrl-C path:
-KeyboardInterrupt), and rerun. Metrics of every round and the final summary
-must match exactly. run_test.py covers SIGKILL of the runner process itself.
+stopped right after round 2 is checkpointed, and rerun. The stop is the runner's
+Ctrl-C path (KeyboardInterrupt), except for the personalized algorithms, whose
+per-client state is the most to lose: there a real `experiments.run` process
+gets SIGKILL once round 2's checkpoint exists. Metrics of every round and the
+final summary must match exactly. run_test.py covers SIGKILL for FedAvg.
 """
 
 import dataclasses
 import json
 import os
 import pathlib
+import signal
+import subprocess
+import time
 
 import fl_testing
 import pandas as pd
@@ -36,6 +41,7 @@ _COMMON = dict(
 )
 _TIMING = ["round_seconds", "seconds"]
 
+_KILLED = ("fedper", "fedrep", "ditto")  # Stopped by SIGKILL of a runner process.
 CASES = {
     "scaffold": dict(algorithm="scaffold", client_momentum=0.0, clients_per_round=2),
     "fedadam": dict(algorithm="fedadam", server_lr=0.01),
@@ -62,11 +68,14 @@ class ResumeTest(run_testing.RunnerTestCase):
         full_dir, stopped_dir = self.tmp / f"{case}_full", self.tmp / f"{case}_stopped"
         full = experiment.run_setup(experiment.setup(self._config(case, full_dir)), printer=quiet)
 
-        with self.assertRaises(run_testing.Stop):
-            experiment.run_setup(
-                experiment.setup(self._config(case, stopped_dir)),
-                printer=run_testing.stop_after_round("federated", _STOP_AFTER),
-            )
+        if case in _KILLED:
+            self._kill_after_checkpoint(case, stopped_dir)
+        else:
+            with self.assertRaises(run_testing.Stop):
+                experiment.run_setup(
+                    experiment.setup(self._config(case, stopped_dir)),
+                    printer=run_testing.stop_after_round("federated", _STOP_AFTER),
+                )
         self.assertEqual(runtime.find_workers(owner_pid=os.getpid()), [])
         self.assertFalse((stopped_dir / "summary.json").exists())
 
@@ -74,14 +83,42 @@ class ResumeTest(run_testing.RunnerTestCase):
         resumed = experiment.run_setup(
             experiment.setup(self._config(case, stopped_dir)), printer=lines.append
         )
-        self.assertIn(f"[federated] resuming after round {_STOP_AFTER}", "\n".join(lines))
-        self.assertEqual(resumed["resumed_from_round"], _STOP_AFTER)
+        done = resumed["resumed_from_round"]
+        self.assertIn(f"[federated] resuming after round {done}", "\n".join(lines))
+        self.assertBetween(done, _STOP_AFTER, _ROUNDS - 1)
         for key in ("federated", "privacy", "confusion_matrix"):
             self.assertEqual(resumed.get(key), full.get(key), msg=key)
         pd.testing.assert_frame_equal(
             pd.read_csv(stopped_dir / "metrics.csv").drop(columns=_TIMING),
             pd.read_csv(full_dir / "metrics.csv").drop(columns=_TIMING),
         )
+
+    def _kill_after_checkpoint(self, case, out):
+        """Runs `case` as `python -m experiments.run` and SIGKILLs it after round 2's checkpoint."""
+        settings = dict(_COMMON, **CASES[case], output_dir=out)
+        proc = run_testing.start_runner(
+            *run_testing.runner_flags(**settings),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            checkpoint = out / "checkpoints" / "federated" / f"round_{_STOP_AFTER}"
+            while not checkpoint.exists():
+                self.assertIsNone(proc.poll(), "run ended before it could be killed")
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assertEqual(proc.returncode, -signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while runtime.find_workers(owner_pid=proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(runtime.find_workers(owner_pid=proc.pid), [])
 
 
 class OutputDirSettingsTest(absltest.TestCase):

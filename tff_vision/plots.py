@@ -161,7 +161,10 @@ def plot_accuracy_vs_bytes(
 
 
 def plot_per_hospital(
-    arms: dict[str, dict[str, Any]], path: str | os.PathLike, title: str = ""
+    arms: dict[str, dict[str, Any]],
+    path: str | os.PathLike,
+    title: str = "",
+    errors: dict[str, dict[str, Any]] | None = None,
 ) -> pathlib.Path:
     """Each hospital's accuracy and AUC on its own classes, one bar per arm, side by side.
 
@@ -170,6 +173,7 @@ def plot_per_hospital(
             (summary.json's `per_hospital["arms"]`); NaN values draw no bar.
         path: Where to write the PNG.
         title: Figure title.
+        errors: Optional error bar half-widths, keyed as `arms`.
     """
     hospitals = list(dict.fromkeys(h for arm in arms.values() for h in arm.get("accuracy", {})))
     x = np.arange(len(hospitals))
@@ -178,7 +182,16 @@ def plot_per_hospital(
     for ax, metric in zip(axes, ("accuracy", "auc")):
         for i, (label, arm) in enumerate(arms.items()):
             values = [arm.get(metric, {}).get(h, np.nan) for h in hospitals]
-            ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=label.replace("_", " "))
+            bars = (errors or {}).get(label, {}).get(metric, {})
+            yerr = [bars.get(h, 0.0) for h in hospitals] if bars else None
+            ax.bar(
+                x - 0.4 + width * (i + 0.5),
+                values,
+                width,
+                yerr=yerr,
+                capsize=3 if yerr else 0,
+                label=label.replace("_", " "),
+            )
         ax.set_xticks(x)
         ax.set_xticklabels([f"hospital {h}" for h in hospitals])
         ax.set_ylim(0.0, 1.0)

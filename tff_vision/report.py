@@ -33,6 +33,10 @@ recorded in sweep.json (partitions as first given), not alphabetical order.
     algorithms.png        grouped bars: partition x algorithm, 95% CI error bars
     accuracy_vs_mb.png    metric against the MB each run moved (summary.json "communication")
     partitions/<p>.png    client x class counts of each partition (first seed's partition.csv)
+    hospitals.csv, .md    label-skewed partitions: each hospital's own model on its own classes,
+                          per method (algorithm, local-only, pooled, fine-tuned), mean and 95% CI
+    hospital_verdicts.csv each method against local-only and FedAvg at every hospital
+    hospitals/<m>__<p>.png  per-hospital bars with 95% CI bars (`report_hospitals`)
 
 (the ``accuracy`` in plot names is the metric's short name, e.g. ``auc_vs_alpha.png``
 for ``--metric=test_auc``). cells.csv and aggregate.csv also carry
@@ -45,7 +49,6 @@ note. Every file is written atomically. No TensorFlow is imported.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import pathlib
 from collections.abc import Sequence
@@ -53,15 +56,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from tff_vision import fileio, plots, sweep
+from tff_vision import fileio, plots, report_hospitals, sweep
+from tff_vision.intervals import paired_difference, t_interval
 from tff_vision.report_plots import (
     METRICS,
     plot_algorithms,
     plot_vs_communication,
     plot_vs_parameter,
 )
+from tff_vision.tables import to_markdown
 
 REPORT_DIR = "report"
 CELL_COLUMNS = (
@@ -79,7 +83,6 @@ CELL_COLUMNS = (
     "wall_seconds",
 )
 _TABLE_METRICS = ("test_accuracy", "test_auc")
-CONFIDENCE = 0.95  # Of every interval and paired comparison in the report.
 _MISSING = "–"
 
 
@@ -97,6 +100,10 @@ class Report:
     markdown: str
     files: list[pathlib.Path]
     notes: list[str]
+    # `report_hospitals`' tables; empty without a label-skewed partition.
+    hospitals: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    hospital_verdicts: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    hospitals_markdown: str = ""
 
 
 def _check_metric(metric: str) -> None:
@@ -135,6 +142,12 @@ def load_cells(sweep_dir: os.PathLike | str) -> tuple[pd.DataFrame, list[str]]:
     Raises:
         ReportError: If the sweep directory does not exist or sweep.json is unreadable.
     """
+    frame, _, notes = _load(sweep_dir)
+    return frame, notes
+
+
+def _load(sweep_dir: os.PathLike | str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """`load_cells`'s frame and notes, and the cells' per-hospital rows (`report_hospitals`)."""
     sweep_dir = pathlib.Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise ReportError(f"--sweep_dir={sweep_dir} does not exist; pass the directory of a sweep")
@@ -142,7 +155,7 @@ def load_cells(sweep_dir: os.PathLike | str) -> tuple[pd.DataFrame, list[str]]:
         known = _known_cells(sweep_dir)
     except sweep.SweepError as e:
         raise ReportError(str(e)) from None
-    rows, notes, unfinished = [], [], []
+    rows, hospital_rows, notes, unfinished = [], [], [], []
     for out, record in known:
         summary = fileio.read_json(out / "summary.json")
         if summary is None:
@@ -151,21 +164,12 @@ def load_cells(sweep_dir: os.PathLike | str) -> tuple[pd.DataFrame, list[str]]:
             else:
                 unfinished.append(out.name)
             continue
-        flags = fileio.read_json(out / "flags.json") or {}
-        fed = summary.get("federated") or {}
-        row = {"name": out.name}
-        for key in ("partition", "algorithm", "model", "seed"):
-            row[key] = flags.get(key, record.get(key))
-        if any(row[k] is None for k in ("partition", "algorithm", "model", "seed")):
+        row = _cell_row(out, record, summary)
+        if row is None:
             notes.append(f"{out} has no flags.json or sweep.json record; that cell is left out")
             continue
-        row["seed"] = int(row["seed"])
-        for key in ("test_accuracy", "test_auc", "test_loss", "worst_subset_accuracy", "rounds"):
-            row[key] = fed.get(key)
-        row["wall_seconds"] = summary.get("wall_seconds")
-        total = (summary.get("communication") or {}).get("total")
-        row["total_mb"] = (total["total_down"] + total["total_up"]) / 1e6 if total else None
         rows.append(row)
+        hospital_rows += report_hospitals.cell_rows(row, summary)
     if unfinished:
         notes.append(
             f"{len(unfinished)} cell(s) not finished (no summary.json), not in the report: "
@@ -175,7 +179,27 @@ def load_cells(sweep_dir: os.PathLike | str) -> tuple[pd.DataFrame, list[str]]:
     frame = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
     for column in CELL_COLUMNS[CELL_COLUMNS.index("test_accuracy") :]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    return frame, notes
+    return frame, report_hospitals.rows_frame(hospital_rows), notes
+
+
+def _cell_row(
+    out: pathlib.Path, record: dict[str, Any], summary: dict[str, Any]
+) -> dict[str, Any] | None:
+    """A finished cell's row of `CELL_COLUMNS`; None if nothing says what it ran."""
+    flags = fileio.read_json(out / "flags.json") or {}
+    fed = summary.get("federated") or {}
+    row = {"name": out.name}
+    for key in ("partition", "algorithm", "model", "seed"):
+        row[key] = flags.get(key, record.get(key))
+    if any(row[k] is None for k in ("partition", "algorithm", "model", "seed")):
+        return None
+    row["seed"] = int(row["seed"])
+    for key in ("test_accuracy", "test_auc", "test_loss", "worst_subset_accuracy", "rounds"):
+        row[key] = fed.get(key)
+    row["wall_seconds"] = summary.get("wall_seconds")
+    total = (summary.get("communication") or {}).get("total")
+    row["total_mb"] = (total["total_down"] + total["total_up"]) / 1e6 if total else None
+    return row
 
 
 def grid_order(sweep_dir: os.PathLike | str, frame: pd.DataFrame) -> dict[str, list]:
@@ -193,17 +217,6 @@ def grid_order(sweep_dir: os.PathLike | str, frame: pd.DataFrame) -> dict[str, l
 
 # ---------------------------------------------------------------------------
 # Aggregation and tables.
-
-
-def t_interval(values: Sequence[float], level: float = CONFIDENCE) -> tuple[float, float]:
-    """The `level` t-interval of the mean of `values` (NaNs for fewer than two values)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return math.nan, math.nan
-    half = (
-        stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    )
-    return float(values.mean() - half), float(values.mean() + half)
 
 
 def aggregate(frame: pd.DataFrame, order: dict[str, list] | None = None) -> pd.DataFrame:
@@ -252,13 +265,6 @@ class Comparison:
     note: str
 
 
-def _paired(a: pd.Series, b: pd.Series) -> tuple[int, float, float, float]:
-    """(n, mean, low, high) of a - b over the seeds both have, with its 95% t-interval."""
-    diff = (a - b).dropna()
-    low, high = t_interval(diff)
-    return len(diff), float(diff.mean()) if len(diff) else math.nan, low, high
-
-
 def compare_algorithms(values: dict[str, pd.Series], metric: str) -> Comparison:
     """The best algorithm of a row by `metric`, only if it beats each other one across seeds.
 
@@ -273,7 +279,9 @@ def compare_algorithms(values: dict[str, pd.Series], metric: str) -> Comparison:
     if len(values) < 2:
         return Comparison("", f"only {', '.join(values) or 'no algorithm'}: nothing to compare")
     order = sorted(values, key=lambda a: -values[a].mean() if higher else values[a].mean())
-    pairs = {(a, b): _paired(values[a], values[b]) for a in values for b in values if a != b}
+    pairs = {
+        (a, b): paired_difference(values[a], values[b]) for a in values for b in values if a != b
+    }
 
     def beats(a: str, b: str) -> bool:
         n, _, low, high = pairs[(a, b)]
@@ -341,20 +349,6 @@ def results_table(
         row["best"], row["comparison"] = verdict.best, verdict.note
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def to_markdown(frame: pd.DataFrame) -> str:
-    """A GitHub markdown table of `frame` (columns as header, index dropped)."""
-
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = [
-        "| " + " | ".join(cell(c) for c in frame.columns) + " |",
-        "|" + "|".join("---" for _ in frame.columns) + "|",
-    ]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
-    return "\n".join(lines)
 
 
 def markdown_report(table: pd.DataFrame, metric: str = "test_accuracy") -> str:
@@ -447,7 +441,7 @@ def write_report(sweep_dir: os.PathLike | str, metric: str = "test_accuracy") ->
     """
     _check_metric(metric)
     sweep_dir = pathlib.Path(sweep_dir)
-    frame, notes = load_cells(sweep_dir)
+    frame, hospital_rows, notes = _load(sweep_dir)
     if frame.empty:
         raise ReportError(
             f"no finished cell (with summary.json) in {sweep_dir / sweep.CELLS_DIR}; "
@@ -489,7 +483,38 @@ def write_report(sweep_dir: os.PathLike | str, metric: str = "test_accuracy") ->
     heat_maps, heat_notes = plot_partitions(sweep_dir, order, out / "partitions")
     files += heat_maps
     notes += heat_notes
-    return Report(frame, agg, table, markdown, files, notes)
+    result = Report(frame, agg, table, markdown, files, notes)
+    _write_hospitals(result, hospital_rows, order, out)
+    return result
+
+
+def _write_hospitals(
+    result: Report, rows: pd.DataFrame, order: dict[str, list], out: pathlib.Path
+) -> None:
+    """hospitals.csv, hospital_verdicts.csv, hospitals.md and hospitals/*.png into `result`."""
+    names = ["hospitals.csv", "hospital_verdicts.csv", "hospitals.md"]
+    if rows.empty:  # No label-skewed partition; a stale table from an earlier report would mislead.
+        for name in names:
+            (out / name).unlink(missing_ok=True)
+        return
+    result.hospitals = report_hospitals.aggregate(rows, order["algorithm"])
+    result.hospital_verdicts = report_hospitals.verdicts(rows)
+    result.hospitals_markdown = report_hospitals.markdown(
+        result.hospitals, result.hospital_verdicts
+    )
+    texts = (
+        result.hospitals.to_csv(index=False),
+        result.hospital_verdicts.to_csv(index=False),
+        result.hospitals_markdown,
+    )
+    for name, text in zip(names, texts):
+        fileio.write_text_atomic(out / name, text)
+        result.files.append(out / name)
+
+    def stem(model: str, part: str) -> str:
+        return f"{model}__{sweep.name_component(part, partition=True)}"
+
+    result.files += report_hospitals.plot(result.hospitals, out / "hospitals", stem)
 
 
 def describe_files(files: Sequence[pathlib.Path], root: pathlib.Path) -> str:
