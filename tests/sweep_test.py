@@ -15,6 +15,7 @@ import os
 import pathlib
 import shlex
 import signal
+import subprocess
 import sys
 import textwrap
 import threading
@@ -25,7 +26,7 @@ from absl import flags
 from absl.testing import absltest, parameterized
 
 from tff_vision import progress, sweep
-from tff_vision.sweep import terminal
+from tff_vision.sweep import process, terminal
 
 _FAKE_RUN = textwrap.dedent(
     """\
@@ -306,6 +307,35 @@ class StatusTest(absltest.TestCase):
         self.assertEqual(progress.format_duration(41.2), "41 s")
         self.assertEqual(progress.format_duration(185), "3m05s")
         self.assertEqual(progress.format_duration(3725), "1h02m")
+
+
+class ChildSignalsTest(absltest.TestCase):
+    def test_a_cell_gets_sigint_back_from_a_sweep_that_ignores_or_blocks_it(self):
+        # A sweep started by a script in the background ignores SIGINT; a Ray worker blocks it.
+        # Either would pass to the cell, which would then miss the first stop step.
+        probe = (
+            "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,"
+            " signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"
+        )
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for preexec, expected in (
+                (None, "False True"),
+                (process.child_preexec(None), "True False"),
+            ):
+                result = subprocess.run(
+                    [sys.executable, "-c", probe],
+                    preexec_fn=preexec,  # noqa: PLW1509
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                )
+                self.assertEqual(result.stdout.strip(), expected)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            signal.signal(signal.SIGINT, previous)
 
 
 class AttemptTest(parameterized.TestCase):

@@ -41,14 +41,16 @@ def cell_env() -> dict[str, str]:
 
 
 def child_preexec(base: Callable[[], None] | None) -> Callable[[], None]:
-    """`base` (see `childproc`), after unblocking the stop signals in the child.
+    """`base` (see `childproc`), after giving the child the stop signals back.
 
-    A blocked signal stays blocked across exec, and a launcher's thread may
-    block SIGINT (a Ray worker does): the cell would never see the stop steps.
+    A blocked or ignored signal stays so across exec. A launcher's thread may
+    block SIGINT (a Ray worker does), and a sweep started in the background by
+    a script (`nohup ... &`) ignores it: the cell would miss the first stop step.
     """
 
     def preexec() -> None:  # Runs in the child between fork and exec.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if base is not None:
             base()
 
