@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -248,7 +248,9 @@ def markdown(agg: pd.DataFrame, verdict_frame: pd.DataFrame) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def plot(agg: pd.DataFrame, out_dir: os.PathLike | str, name) -> list[pathlib.Path]:
+def plot(
+    agg: pd.DataFrame, out_dir: os.PathLike | str, name: Callable[[str, str], str]
+) -> list[pathlib.Path]:
     """A per-hospital bar chart (one bar per method, 95% CI bars) per (model, partition).
 
     `name(model, partition)` gives each file's stem.
