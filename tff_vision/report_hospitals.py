@@ -90,9 +90,12 @@ def _with_worst(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def method_order(methods: Sequence[str], algorithms: Sequence[str]) -> list[str]:
-    """Local-only first, each algorithm (grid order) followed by its fine-tuned arm, pooled last."""
+    """References first (local-only, FedAvg), each algorithm then its fine-tuned arm, pooled last.
+
+    Algorithms follow `algorithms` (the grid's order), then their order in `methods`.
+    """
     ranked = [LOCAL_ONLY]
-    for algorithm in algorithms:
+    for algorithm in dict.fromkeys(["fedavg", *algorithms]):
         ranked += [algorithm, algorithm + FINE_TUNED]
     ranked.append(POOLED)
     present = list(dict.fromkeys(methods))
@@ -198,16 +201,18 @@ def _verdict_line(rows: pd.DataFrame, metric: str) -> str:
     """ "fedper: ≥ local-only (margin +0.012 at hospital 2, [..]); short of fedavg by ..."."""
     parts = []
     for _, v in rows.iterrows():
-        interval = f"difference 95% CI [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}], n={v['n']}"
+        interval = f"n={v['n']}, no interval"
+        if np.isfinite(v["ci_low"]):
+            interval = f"difference 95% CI [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}], n={v['n']}"
         if v["at_least_as_good"]:
             parts.append(
                 f"≥ {v['reference']} at every hospital (smallest margin {v['margin']:+.3f}, "
                 f"hospital {v['hospital']}, {interval})"
             )
         else:
+            gap = f"{-v['margin']:.3f}" if -v["margin"] >= 0.0005 else "less than 0.001"
             parts.append(
-                f"short of {v['reference']} at hospital {v['hospital']} by "
-                f"{-v['margin']:.3f} ({interval})"
+                f"short of {v['reference']} at hospital {v['hospital']} by {gap} ({interval})"
             )
     every = rows["at_least_as_good"].all()
     head = "**at least as good as every reference at every hospital**" if every else "falls short"
@@ -239,10 +244,11 @@ def markdown(agg: pd.DataFrame, verdict_frame: pd.DataFrame) -> str:
         mine = verdict_frame[
             (verdict_frame["model"] == model) & (verdict_frame["partition"] == part)
         ]
-        lines = [
-            _verdict_line(v, metric)
-            for (_, metric), v in mine.groupby(["method", "metric"], sort=False)
-        ]
+        rank = {m: i for i, m in enumerate(dict.fromkeys(group["method"]))}
+        verdict_groups = sorted(
+            mine.groupby(["method", "metric"], sort=False), key=lambda g: rank.get(g[0][0], 0)
+        )
+        lines = [_verdict_line(v, metric) for (_, metric), v in verdict_groups]
         if lines:
             blocks.append(f"Verdicts, model {model}, partition {part}:\n\n" + "\n".join(lines))
     return "\n\n".join(blocks) + "\n"
