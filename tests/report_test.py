@@ -484,6 +484,16 @@ class HospitalReportTest(absltest.TestCase):
         self.assertLen(pd.read_csv(out / "hospital_verdicts.csv"), 8)
         self.assertTrue(_is_png(out / "hospitals" / "cnn__label_exclusion.png"))
 
+    def test_cells_of_several_sweeps_are_reported_together_through_links(self):
+        _hospital_sweep(self.dir)
+        whole = report.write_report(self.dir).hospitals
+        linked = pathlib.Path(self.create_tempdir().full_path)
+        (linked / "cells").mkdir()
+        for cell in (self.dir / "cells").iterdir():
+            (linked / "cells" / cell.name).symlink_to(cell)
+        together = report.write_report(linked).hospitals  # No sweep.json there.
+        pd.testing.assert_frame_equal(together, whole)
+
     def test_no_per_hospital_scores_no_tables(self):
         _hospital_sweep(self.dir)
         report.write_report(self.dir)
