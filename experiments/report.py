@@ -10,7 +10,7 @@ into <sweep_dir>/report/: table.csv and table.md (partition x algorithm,
 best algorithm per row by --metric only where it beats every other one in a
 paired comparison across seeds, else a tie), cells.csv, aggregate.csv,
 accuracy_vs_alpha.png, accuracy_vs_k.png, algorithms.png,
-partitions/<partition>.png and, for label-skewed partitions, the per-hospital
+partitions/<partition>.png and the per-hospital
 tables hospitals.md / hospitals.csv / hospital_verdicts.csv (each method's
 model at each hospital, on the hospital's own classes, against local-only and
 FedAvg) with hospitals/<model>__<partition>.png. The markdown tables go to

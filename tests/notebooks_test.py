@@ -249,8 +249,9 @@ class NotebookTest(absltest.TestCase):
         images = [
             o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
         ]
-        # algorithms.png, accuracy_vs_mb.png and one heat map per partition.
-        self.assertLen(images, 4)
+        # algorithms.png, accuracy_vs_mb.png; per partition a heat map and per-hospital bars.
+        self.assertLen(images, 6)
+        self.assertIn("hospital 0 |", text)  # The per-hospital table.
         self.assertTrue((sweep_dir / "report" / "table.md").exists())
         # Every cell ran as its own process: none may have left a worker behind.
         records = json.loads((sweep_dir / "sweep.json").read_text())["cells"]

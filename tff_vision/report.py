@@ -33,7 +33,7 @@ recorded in sweep.json (partitions as first given), not alphabetical order.
     algorithms.png        grouped bars: partition x algorithm, 95% CI error bars
     accuracy_vs_mb.png    metric against the MB each run moved (summary.json "communication")
     partitions/<p>.png    client x class counts of each partition (first seed's partition.csv)
-    hospitals.csv, .md    label-skewed partitions: each hospital's own model on its own classes,
+    hospitals.csv, .md    each hospital's own model on the classes it holds (all, under IID),
                           per method (algorithm, local-only, pooled, fine-tuned), mean and 95% CI
     hospital_verdicts.csv each method against local-only and FedAvg at every hospital
     hospitals/<m>__<p>.png  per-hospital bars with 95% CI bars (`report_hospitals`)
@@ -100,7 +100,7 @@ class Report:
     markdown: str
     files: list[pathlib.Path]
     notes: list[str]
-    # `report_hospitals`' tables; empty without a label-skewed partition.
+    # `report_hospitals`' tables; empty if no cell scored each hospital.
     hospitals: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     hospital_verdicts: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     hospitals_markdown: str = ""
@@ -493,7 +493,7 @@ def _write_hospitals(
 ) -> None:
     """hospitals.csv, hospital_verdicts.csv, hospitals.md and hospitals/*.png into `result`."""
     names = ["hospitals.csv", "hospital_verdicts.csv", "hospitals.md"]
-    if rows.empty:  # No label-skewed partition; a stale table from an earlier report would mislead.
+    if rows.empty:  # No cell scored each hospital; a stale table from before would mislead.
         for name in names:
             (out / name).unlink(missing_ok=True)
         return

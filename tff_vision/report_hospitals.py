@@ -1,8 +1,9 @@
 """What each hospital gets from each method of a sweep, over seeds, on its own classes.
 
-A finished cell of a label-skewed partition scores, in summary.json's
+A finished cell scores, in summary.json's
 ``"per_hospital"`` (`tff_vision.hospitals`), the model each hospital would deploy
-under every arm of the run on that hospital's own classes. Here those numbers
+under every arm of the run on that hospital's own classes (all of them under
+IID). Here those numbers
 become methods: a cell's federated arm is its algorithm (``fedper``), its
 fine-tuned arm ``<algorithm> + fine-tuning``, and its local-only and pooled
 arms ``local-only`` and ``pooled``. The last two do not depend on the
