@@ -246,7 +246,8 @@ def _main(socket_path: str, port: int, owner: int) -> None:
 
     The parent-death signal comes once per exiting thread of a multi-threaded owner (the kernel
     reparents us to each surviving thread in turn), so only the first signal stops us: a later
-    one must not interrupt the cleanup.
+    one must neither interrupt the cleanup nor, once Python's finalization restores default
+    handlers, end the process by the signal.
     """
     stopping = False
 
@@ -254,9 +255,13 @@ def _main(socket_path: str, port: int, owner: int) -> None:
         nonlocal stopping
         if not stopping:
             stopping = True
+            for other in signals:  # Ignored, not default: finalization keeps SIG_IGN.
+                signal.signal(other, signal.SIG_IGN)
             raise SystemExit(0)
 
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+    for signum in signals:
         signal.signal(signum, on_signal)
     try:
         listener = _listen(socket_path, owner)
