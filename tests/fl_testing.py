@@ -12,10 +12,9 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_federated as tff
 from absl.testing import parameterized
 
-from tff_vision import client_data, data, partition, runtime
+from tff_vision import checkpoints, client_data, data, partition, runtime
 from tff_vision.algorithms import (
     _client_loops,
     build_optimizer,
@@ -283,9 +282,9 @@ def initial_state(process, model):
 
 
 def checkpoint_roundtrip(process, state):
-    """`state` saved with TFF's `FileProgramStateManager` and loaded back."""
+    """`state` saved as the trainer saves it (`checkpoints.NpzStateManager`), loaded back."""
     with tempfile.TemporaryDirectory() as root:
-        manager = tff.program.FileProgramStateManager(root, prefix="round_")
+        manager = checkpoints.NpzStateManager(root)
         asyncio.run(manager.save(state, 1))
         return asyncio.run(manager.load(1, process.initialize()))
 

@@ -101,19 +101,7 @@ class ResumeTest(run_testing.RunnerTestCase):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        try:
-            deadline = time.monotonic() + 300
-            checkpoint = out / "checkpoints" / "federated" / f"round_{_STOP_AFTER}"
-            while not checkpoint.exists():
-                self.assertIsNone(proc.poll(), "run ended before it could be killed")
-                self.assertLess(time.monotonic(), deadline)
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        run_testing.kill_after_checkpoint(proc, out, _STOP_AFTER)
         self.assertEqual(proc.returncode, -signal.SIGKILL)
         deadline = time.monotonic() + 30
         while runtime.find_workers(owner_pid=proc.pid) and time.monotonic() < deadline:

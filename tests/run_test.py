@@ -212,19 +212,11 @@ class RunnerTest(run_testing.RunnerTestCase):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        try:
-            deadline = time.monotonic() + 300
-            while not (out / "checkpoints" / "federated" / "round_2").exists():
-                self.assertIsNone(proc.poll(), "run ended before it could be killed")
-                self.assertLess(time.monotonic(), deadline)
-                time.sleep(0.05)
-            workers = _workers_of(proc.pid)
-            self.assertLen(workers, 1)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        workers = []
+        run_testing.kill_after_checkpoint(
+            proc, out, 2, before_kill=lambda: workers.extend(_workers_of(proc.pid))
+        )
+        self.assertLen(workers, 1)
         self.assertEqual(_wait_no_workers(proc.pid), [])
         self.assertFalse(any(psutil.pid_exists(p) for p in workers if _alive(p)))
         self.assertFalse((out / "summary.json").exists())
@@ -283,11 +275,7 @@ class RunnerTest(run_testing.RunnerTestCase):
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.monotonic() + 300
-        while not (out / "checkpoints" / "federated" / "round_1").exists():
-            self.assertIsNone(proc.poll())
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.05)
+        run_testing.wait_for_checkpoint(proc, out, 1)
         (worker,) = _workers_of(proc.pid)  # Serving the run, one computation at a time.
         self.assertIn("--max_concurrent_computation_calls=1", psutil.Process(worker).cmdline())
         proc.send_signal(signal.SIGINT)

@@ -10,9 +10,11 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import fl_testing
 from absl.testing import parameterized
@@ -59,6 +61,37 @@ def start_runner(*flags: str, **popen_args) -> subprocess.Popen:
     return subprocess.Popen(
         runner_command(*flags), cwd=ROOT, env=runner_env(), stdin=subprocess.DEVNULL, **popen_args
     )
+
+
+def checkpoint_path(out: pathlib.Path, round_num: int) -> pathlib.Path:
+    """Where a run into `out` saves the federated state of round `round_num`."""
+    return pathlib.Path(out) / "checkpoints" / "federated" / f"round_{round_num}.npz"
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, out: pathlib.Path, round_num: int) -> None:
+    """Waits until the run `proc` has saved round `round_num`; AssertionError if it ends first."""
+    path, deadline = checkpoint_path(out, round_num), time.monotonic() + 300
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended ({proc.returncode}) before {path} was written")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {path} after 300 s")
+        time.sleep(0.02)
+
+
+def kill_after_checkpoint(
+    proc: subprocess.Popen, out: pathlib.Path, round_num: int, before_kill=lambda: None
+) -> None:
+    """SIGKILLs the run `proc` once round `round_num` is saved (after `before_kill()`)."""
+    try:
+        wait_for_checkpoint(proc, out, round_num)
+        before_kill()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 class Stop(KeyboardInterrupt):

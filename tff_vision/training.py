@@ -31,7 +31,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision import algorithms, communication, evaluation, interrupts, runtime
+from tff_vision import algorithms, checkpoints, communication, evaluation, interrupts, runtime
 from tff_vision.availability import Availability, num_batches
 from tff_vision.progress import Progress
 from tff_vision.selection import Selection
@@ -219,8 +219,8 @@ class FederatedTrainer:
         output_dir = pathlib.Path(output_dir)
         self.checkpoint_dir = output_dir / "checkpoints" / "federated"
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        self.state_manager = tff.program.FileProgramStateManager(
-            self.checkpoint_dir, prefix="round_", keep_total=keep_checkpoints, keep_first=False
+        self.state_manager = checkpoints.NpzStateManager(
+            self.checkpoint_dir, keep_total=keep_checkpoints
         )
         self.csv = tff.program.CSVFileReleaseManager(
             output_dir / "metrics.csv",

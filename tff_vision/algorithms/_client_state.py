@@ -8,7 +8,7 @@ round, `select_client_rows` sends each participating client its own row
 send back at their index (`tff.federated_aggregate` into a zero table);
 `build_stateful_client_work` wires the two around a client update. Because
 the tables are part of the state, saving and loading the whole state
-(`tff.program.FileProgramStateManager`) resumes exactly; the price is
+(`tff_vision.checkpoints`) resumes exactly; the price is
 `num_clients` copies of the variables, in the state and in every checkpoint.
 
 To find its row a client must know its index, so the client data of these
