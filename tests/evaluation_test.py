@@ -60,6 +60,18 @@ class EvaluateTest(parameterized.TestCase):
         np.testing.assert_array_equal(result.confusion, [[1, 0, 1], [1, 2, 0], [0, 0, 1]])
         self.assertEqual(result.per_client_subset_accuracy, {})
 
+    def test_test_time_flips_average_the_logits_of_the_four_flips(self):
+        images = np.random.default_rng(0).integers(0, 256, size=(5, *_SHAPE), dtype=np.uint8)
+        views = [images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]]
+        expected = np.mean([_numpy_logits(v, self.kernel, self.bias) for v in views], axis=0)
+        got = evaluation.predict_logits(self.model, images, flips=True)
+        self.assertEqual(got.dtype, np.float32)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        # Pixel c votes for class c and the flips move the pixels: the plain logits differ.
+        self.assertGreater(np.abs(evaluation.predict_logits(self.model, images) - got).max(), 0.1)
+        result = evaluation.evaluate(self.model, images, np.zeros(5, int), 3, flips=True)
+        np.testing.assert_allclose(result.logits, got)
+
     def test_loss_matches_keras(self):
         result = evaluation.evaluate(self.model, self.images, self.labels, num_classes=3)
         logits = self.model(self.images.astype(np.float32) / 255.0, training=False)

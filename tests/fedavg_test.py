@@ -30,6 +30,8 @@ class FedAvgOneRoundTest(fl_testing.LocalContextTestCase):
     @parameterized.named_parameters(
         ("sgd_one_epoch", 0.1, 0.0, 1, 1.0, "none", "constant"),
         ("momentum_two_epochs_augment", 0.05, 0.9, 2, 1.0, "flip", "constant"),
+        # The fundus pipeline's ops (rotation, brightness, contrast) run in TFF's worker too.
+        ("fundus_augment", 0.1, 0.0, 1, 1.0, "fundus", "constant"),
         ("server_lr_half", 0.1, 0.0, 1, 0.5, "none", "constant"),
         ("cosine_schedule", 0.1, 0.0, 1, 1.0, "none", "cosine"),
         # As the runner builds it: the model inside TFF skips its random initializers.

@@ -260,6 +260,34 @@ class NotebookTest(absltest.TestCase):
             self.assertEqual(record["status"], "done", record)
             self.assertEqual(runtime.find_workers(owner_pid=record["pid"]), [], record)
 
+    def test_medmnist_v2_reproduction_with_two_short_seeds(self):
+        out = self.tmp / "reproduction"
+        cells = self.run_notebook(
+            "medmnist_v2_reproduction.ipynb",
+            DATASETS=["retinamnist"],
+            SEEDS=[0, 1],
+            EPOCHS=2,
+            MILESTONES=[1],
+            BATCH_SIZE=32,
+            TRAIN_LIMIT=96,
+            DATA_DIR=str(self.data_dir),
+            OUTPUT_DIR=str(out),
+            FEDERATED={"retinamnist": str(self.tmp / "no_runs")},
+        )
+        text = "\n".join(_outputs_text(c) for c in cells)
+        self.assertIn("retinamnist: 96 train / 120 val / 400 test", text)
+        self.assertIn("[retinamnist seed 1] round 2/2", text)
+        self.assertIn("| retinamnist | MedMNIST v2 ResNet-18 (28), published | 1 | 0.524 |", text)
+        self.assertRegex(
+            text,
+            r"\| retinamnist \| this protocol, centralized \(reproduction\) \| 2 \| "
+            r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \| [+-]\d\.\d{3} \|",
+        )
+        self.assertIn("retinamnist: 0 federated run(s) found", text)
+        self.assertRegex(text, r"retinamnist: reproduction ACC [+-]\d\.\d{3} from the published")
+        for seed in (0, 1):
+            self.assertTrue((out / "retinamnist" / f"seed_{seed}" / "summary.json").exists())
+
 
 if __name__ == "__main__":
     absltest.main()

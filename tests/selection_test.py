@@ -4,6 +4,7 @@ import dataclasses
 import pathlib
 
 import numpy as np
+import tensorflow as tf
 from absl.testing import absltest, parameterized
 
 from tff_vision import evaluation, selection
@@ -39,6 +40,26 @@ def _val_result(auc, accuracy=0.5):
 
 # Val AUC per round: round 3 is best, round 5 ties it (the earlier one wins), round 4 has none.
 _VAL_AUCS = {1: 0.6, 2: 0.7, 3: 0.8, 4: float("nan"), 5: 0.8, 6: 0.75}
+
+
+class HeldOutTest(absltest.TestCase):
+    def test_flips_score_test_and_val_by_the_mean_logits_over_flips(self):
+        rng = np.random.default_rng(1)
+        images = rng.integers(0, 256, size=(30, 2, 2, 1), dtype=np.uint8)
+        model = tf.keras.Sequential(
+            [tf.keras.Input((2, 2, 1)), tf.keras.layers.Flatten(), tf.keras.layers.Dense(3)]
+        )
+        model.set_weights([rng.normal(size=(4, 3)).astype(np.float32), np.zeros(3, np.float32)])
+        held_out = dataclasses.replace(
+            _held_out(),
+            test=Split(images, _TEST_LABELS),
+            val=Split(images[:12], _TEST_LABELS[:12]),
+            flips=True,
+        )
+        flipped = evaluation.predict_logits(model, images, flips=True)
+        self.assertGreater(np.abs(flipped - evaluation.predict_logits(model, images)).max(), 0.01)
+        np.testing.assert_array_equal(held_out.evaluate_test(model).logits, flipped)
+        np.testing.assert_array_equal(held_out.evaluate_val(model).logits, flipped[:12])
 
 
 class SelectionTest(parameterized.TestCase):

@@ -125,7 +125,9 @@ def run_baselines(
             learning_rate_fn=learning_rate_fn,
             printer=printer,
             train_epoch=shared.train_epoch,
-            after_round=_scorer(shared.model, held_out, chosen, baseline_dir / f"{name}.csv"),
+            after_round=score_each_round(
+                shared.model, held_out, chosen, baseline_dir / f"{name}.csv"
+            ),
         )
         final_test = held_out.evaluate_test(shared.model)
         results[name], _ = chosen.report(
@@ -137,7 +139,7 @@ def run_baselines(
     return results
 
 
-def _scorer(
+def score_each_round(
     model: tf.keras.Model,
     held_out: selection.HeldOut,
     chosen: selection.Selection,

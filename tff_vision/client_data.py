@@ -28,10 +28,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_vision import augmentation
 from tff_vision import partition as partition_lib
 from tff_vision.config import ConfigError
-
-AUGMENTATIONS = ("none", "flip")
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -60,8 +59,7 @@ class Preprocessing:
     Attributes:
         batch_size: Examples per batch; the last batch of a round may be smaller.
         local_epochs: Passes over the client's data per round.
-        augment: One of `AUGMENTATIONS`: "flip" = random horizontal and vertical
-            flips (seeded, stateless).
+        augment: One of `augmentation.AUGMENTATIONS` (seeded, stateless).
         seed: Experiment seed; the round and client are mixed into it.
         shuffle: Shuffle the examples (anew each epoch).
     """
@@ -77,10 +75,7 @@ class Preprocessing:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.local_epochs < 1:
             raise ValueError(f"local_epochs must be >= 1, got {self.local_epochs}")
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(
-                f"Unknown augmentation {self.augment!r}; use one of {', '.join(AUGMENTATIONS)}"
-            )
+        augmentation.augmentation(self.augment)  # ValueError for an unknown name.
 
     def apply(self, dataset: tf.data.Dataset, round_num: int, client_id: str) -> tf.data.Dataset:
         """Shuffle, repeat, augment, batch and scale `dataset` of uint8 `(image, label)`."""
@@ -99,10 +94,11 @@ class Preprocessing:
             size = tf.maximum(dataset.cardinality(), 1)
             dataset = dataset.shuffle(size, seed=round_seed, reshuffle_each_iteration=True)
         dataset = dataset.repeat(self.local_epochs)
-        if self.augment == "flip":
+        augment = augmentation.augmentation(self.augment)
+        if augment is not None:
             indices = tf.data.Dataset.counter()
             dataset = tf.data.Dataset.zip((dataset, indices)).map(
-                lambda example, i: _flip(example, round_seed, i),
+                lambda example, i: augment(example, round_seed, i),
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
@@ -131,14 +127,6 @@ def pipeline_options() -> tf.data.Options:
     options = tf.data.Options()
     options.autotune.enabled = False
     return options
-
-
-def _flip(example, round_seed, index):
-    image, label = example
-    seed = tf.stack([tf.cast(round_seed, tf.int64), tf.cast(index, tf.int64)])
-    image = tf.image.stateless_random_flip_left_right(image, seed)
-    image = tf.image.stateless_random_flip_up_down(image, seed + 1)
-    return image, label
 
 
 def client_ids(num_clients: int) -> list[str]:

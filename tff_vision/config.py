@@ -74,7 +74,10 @@ class DataSettings:
         affects_results=False,
     )
     augment: str = option(
-        "none", "Training augmentation.", choices=_from("client_data", "AUGMENTATIONS")
+        "none",
+        "Training augmentation: flip (random horizontal and vertical flips), fundus (the flips, "
+        "a rotation up to 15 degrees, brightness +-0.1, contrast x0.9-1.1; for fundus photos).",
+        choices=_from("augmentation", "AUGMENTATIONS"),
     )
     seed: int = option(0, "Seed for partition, initialization and data order.")
 
@@ -353,6 +356,12 @@ class OutputSettings:
         "(MedMNIST's protocol; the federated model is scored on val at its --eval_every rounds), "
         "final = the last round. summary.json also holds the last round's test metrics.",
         choices=SELECTIONS,
+    )
+    test_time_flips: bool = option(
+        False,
+        "Score every model (federated, local-only, pooled, fine-tuned; test and validation, so "
+        "--select too) by the mean of its logits over the image and its horizontal, vertical "
+        "and double flip (test-time augmentation, 4x the evaluation cost).",
     )
     output_dir: str = option(
         "",

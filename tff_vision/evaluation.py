@@ -148,7 +148,10 @@ def _flat_labels(labels: np.ndarray, num_examples: int | None = None) -> np.ndar
 
 
 def predict_logits(
-    model: tf.keras.Model, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+    model: tf.keras.Model,
+    images: np.ndarray,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    flips: bool = False,
 ) -> np.ndarray:
     """Runs `model` on scaled uint8 `images` in batches.
 
@@ -156,6 +159,8 @@ def predict_logits(
         model: A Keras model mapping float32 images in [0, 1] to logits.
         images: uint8 `[N, H, W, C]`.
         batch_size: Images per forward pass (bounds memory for large inputs).
+        flips: Test-time augmentation: the mean of the logits of each image and
+            its horizontal, vertical and double flip.
 
     Returns:
         float32 logits `[N, num_classes]`.
@@ -165,6 +170,14 @@ def predict_logits(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(images) == 0:
         return np.zeros((0, int(model.output_shape[-1])), np.float32)
+    if not flips:
+        return _predict(model, images, batch_size)
+    views = (images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1])
+    logits = [_predict(model, np.ascontiguousarray(view), batch_size) for view in views]
+    return np.mean(logits, axis=0, dtype=np.float32)
+
+
+def _predict(model: tf.keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
     batches = [
         np.asarray(model.predict_on_batch(client_data.scale_images(images[i : i + batch_size])))
         for i in range(0, len(images), batch_size)
@@ -278,6 +291,7 @@ def evaluate(
     num_classes: int,
     client_classes: Sequence[Sequence[int]] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    flips: bool = False,
 ) -> EvalResult:
     """Evaluates a logits classifier on a labelled test split.
 
@@ -290,6 +304,7 @@ def evaluate(
         client_classes: Optional classes of each client for
             `per_client_subset_accuracy`.
         batch_size: Images per forward pass.
+        flips: Score the mean logits over flips (see `predict_logits`).
 
     Returns:
         The `EvalResult`.
@@ -302,7 +317,7 @@ def evaluate(
         raise ValueError(
             f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
         )
-    logits = predict_logits(model, images, batch_size)
+    logits = predict_logits(model, images, batch_size, flips)
     return evaluate_logits(logits, labels, num_classes, client_classes)
 
 

@@ -181,7 +181,9 @@ def _run_stages(s: Setup, printer: Callable[[str], None]) -> dict[str, Any]:
     outputs.write_start(config, dataset, partition, out, machine, printer)
     parts = federated_stage.build_parts(config, dataset, partition, printer)
     build = functools.partial(build_model, config, dataset)
-    held_out = selection.held_out(dataset, partition.client_classes, config.seed)
+    held_out = selection.held_out(
+        dataset, partition.client_classes, config.seed, config.test_time_flips
+    )
     fed = federated_stage.run_federated(config, parts, build, held_out, out, printer)
     jobs = baselines.baseline_jobs(config, dataset, parts.data)
     results = baselines.run_baselines(config, jobs, build, held_out, parts.schedule, out, printer)

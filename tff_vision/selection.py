@@ -39,6 +39,7 @@ class HeldOut:
         num_classes: Number of classes.
         client_classes: The classes each client holds (test subset accuracies), or None.
         bootstrap_seed: Seed of the test-set bootstrap (the same resamples for every arm).
+        flips: Score every model by its mean logits over flips (test-time augmentation).
     """
 
     test: Split
@@ -46,6 +47,7 @@ class HeldOut:
     num_classes: int
     client_classes: Sequence[Sequence[int]] | None = None
     bootstrap_seed: int = 0
+    flips: bool = False
 
     def evaluate_test(self, model: tf.keras.Model) -> EvalResult:
         """`model` on the test split, with per-client subset accuracies."""
@@ -55,11 +57,14 @@ class HeldOut:
             labels=self.test.labels,
             num_classes=self.num_classes,
             client_classes=self.client_classes,
+            flips=self.flips,
         )
 
     def evaluate_val(self, model: tf.keras.Model) -> EvalResult:
         """`model` on the validation split."""
-        return evaluation.evaluate(model, self.val.images, self.val.labels, self.num_classes)
+        return evaluation.evaluate(
+            model, self.val.images, self.val.labels, self.num_classes, flips=self.flips
+        )
 
     def test_from_logits(self, logits: np.ndarray) -> EvalResult:
         """The test evaluation of a model whose test logits were `logits` (exactly)."""
@@ -74,7 +79,10 @@ class HeldOut:
 
 
 def held_out(
-    dataset: ImageDataset, client_classes: Sequence[Sequence[int]] | None, seed: int
+    dataset: ImageDataset,
+    client_classes: Sequence[Sequence[int]] | None,
+    seed: int,
+    flips: bool = False,
 ) -> HeldOut:
     """The `HeldOut` of `dataset`, its bootstrap seeded from the experiment's `seed`."""
     return HeldOut(
@@ -83,6 +91,7 @@ def held_out(
         dataset.num_classes,
         client_classes,
         client_data.derive_seed(seed, "bootstrap"),
+        flips,
     )
 
 
