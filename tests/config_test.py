@@ -126,6 +126,7 @@ class ValidateTest(parameterized.TestCase):
         ("size", dict(size=30), "--size must be one of 28, 64, 128, 224 for MedMNIST"),
         ("stem", dict(model="cnn", stem="cifar"), "--stem applies to resnet18 only"),
         ("client_lr", dict(client_lr=0), "--client_lr must be > 0"),
+        ("label_smoothing", dict(label_smoothing=1.0), "--label_smoothing must be in [0, 1)"),
         ("server_beta2", dict(server_beta2=1.0), "--server_beta2 must be in [0, 1)"),
         ("fedprox", dict(algorithm="fedprox"), "--algorithm=fedprox needs --proximal_strength"),
         ("fedbn", dict(algorithm="fedbn"), "--algorithm=fedbn needs --norm=batch"),

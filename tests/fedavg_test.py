@@ -36,6 +36,7 @@ class FedAvgOneRoundTest(fl_testing.LocalContextTestCase):
         ("cosine_schedule", 0.1, 0.0, 1, 1.0, "none", "cosine"),
         # As the runner builds it: the model inside TFF skips its random initializers.
         ("skip_random_init", 0.1, 0.0, 1, 1.0, "none", "constant", True),
+        ("label_smoothing", 0.1, 0.0, 1, 1.0, "none", "constant", False, 0.1),
     )
     def test_rounds_equal_weighted_mean_of_local_training(
         self,
@@ -46,6 +47,7 @@ class FedAvgOneRoundTest(fl_testing.LocalContextTestCase):
         augment,
         schedule_name,
         skip_random_init=False,
+        label_smoothing=0.0,
     ):
         fed = fl_testing.retina_federated(
             3, arrays=self.arrays, local_epochs=local_epochs, augment=augment
@@ -58,7 +60,12 @@ class FedAvgOneRoundTest(fl_testing.LocalContextTestCase):
             schedule_name, client_lr, momentum, rounds
         )
         process = build_fedavg(
-            keras_model.model_fn(_tiny_model, fed.element_spec, skip_random_init=skip_random_init),
+            keras_model.model_fn(
+                _tiny_model,
+                fed.element_spec,
+                skip_random_init=skip_random_init,
+                label_smoothing=label_smoothing,
+            ),
             client_optimizer,
             build_optimizer("sgd", server_lr),
             client_learning_rate_fn=schedule,
@@ -66,7 +73,9 @@ class FedAvgOneRoundTest(fl_testing.LocalContextTestCase):
         for round_num, lr, weights, output, tff_weights in fl_testing.retina_rounds(
             process, fed, round_lrs
         ):
-            local, counts = fl_testing.local_round(weights, fed, round_num, lr, momentum)
+            local, counts = fl_testing.local_round(
+                weights, fed, round_num, lr, momentum, label_smoothing=label_smoothing
+            )
             np.testing.assert_array_equal(counts, np.array(part.sizes) * local_epochs)
             unweighted_gap = 0.0
             for i, w in enumerate(weights):

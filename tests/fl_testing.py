@@ -186,7 +186,7 @@ def small_datasets(seed=0, spread=1.0, epochs=1):
     return [small_dataset(a, epochs) for a in small_client_arrays(seed, spread)]
 
 
-def train_keras(model, dataset, lr, momentum=0.0, mu=0.0, correction=None):
+def train_keras(model, dataset, lr, momentum=0.0, mu=0.0, correction=None, label_smoothing=0.0):
     """Trains the Keras `model` in place, one step per batch of `dataset`.
 
     Minimizes F_k(w) + mu/2 ||w - w_start||^2 (FedProx; plain loss when
@@ -199,7 +199,7 @@ def train_keras(model, dataset, lr, momentum=0.0, mu=0.0, correction=None):
     """
     variables = model.trainable_variables
     anchor = [tf.constant(v.numpy()) for v in variables]
-    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    loss_fn = keras_model.loss(label_smoothing)  # Plain sparse cross-entropy at 0.
     velocity = [np.zeros(v.shape, v.dtype.as_numpy_dtype) for v in variables]
     steps = seen = 0
     for x, y in dataset:
@@ -221,7 +221,7 @@ def train_keras(model, dataset, lr, momentum=0.0, mu=0.0, correction=None):
     return steps, seen
 
 
-def local_sgd(weights, dataset, lr, momentum=0.0, mu=0.0, build=tiny_model):
+def local_sgd(weights, dataset, lr, momentum=0.0, mu=0.0, build=tiny_model, label_smoothing=0.0):
     """`train_keras` on a fresh `build()` model from `weights`.
 
     Returns:
@@ -229,18 +229,25 @@ def local_sgd(weights, dataset, lr, momentum=0.0, mu=0.0, build=tiny_model):
     """
     model = build()
     model.set_weights(weights)
-    _, seen = train_keras(model, dataset, lr, momentum, mu)
+    _, seen = train_keras(model, dataset, lr, momentum, mu, label_smoothing=label_smoothing)
     return model.get_weights(), seen
 
 
-def local_round(weights, fed, round_num, lr, momentum=0.0, mu=0.0):
+def local_round(weights, fed, round_num, lr, momentum=0.0, mu=0.0, label_smoothing=0.0):
     """`local_sgd` of every client of `FederatedData` `fed` in round `round_num`.
 
     Returns:
         (new weights of every client, float64 array of their example counts).
     """
     local = [
-        local_sgd(weights, fed.round_dataset(c, round_num), lr, momentum, mu)
+        local_sgd(
+            weights,
+            fed.round_dataset(c, round_num),
+            lr,
+            momentum,
+            mu,
+            label_smoothing=label_smoothing,
+        )
         for c in fed.client_ids
     ]
     return [w for w, _ in local], np.array([n for _, n in local], dtype=np.float64)

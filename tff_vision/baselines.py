@@ -75,7 +75,9 @@ class _SharedModel:
         self.optimizer = keras_optimizer(
             config.client_optimizer, config.client_lr, config.client_momentum
         )
-        self.train_epoch = epoch_trainer(self.model, self.optimizer, keras_model.loss())
+        self.train_epoch = epoch_trainer(
+            self.model, self.optimizer, keras_model.loss(config.label_smoothing)
+        )
 
     def reset(self) -> _SharedModel:
         self.model.set_weights(self.initial_weights)

@@ -135,6 +135,12 @@ class ClientOptimizerSettings:
         "Client learning rate over rounds: constant, or cosine decay towards 0 at the last round.",
         choices=_from("algorithms", "SCHEDULES"),
     )
+    label_smoothing: float = option(
+        0.0,
+        "Label smoothing eps of the training loss (clients, baselines, fine-tuning): the target "
+        "is 1 - eps on the label plus eps/K on each of the K classes; 0 = plain cross-entropy. "
+        "Evaluation losses stay plain.",
+    )
 
 
 def _server_lr_help() -> str:
@@ -473,6 +479,10 @@ def _check_client_optimizer(c: ExperimentConfig) -> None:
     _check(c.client_lr > 0, f"--client_lr must be > 0, got {c.client_lr}")
     _check(
         0 <= c.client_momentum < 1, f"--client_momentum must be in [0, 1), got {c.client_momentum}"
+    )
+    _check(
+        0 <= c.label_smoothing < 1,
+        f"--label_smoothing must be in [0, 1) (0.1 is usual), got {c.label_smoothing}",
     )
     if "local" in c.baselines and c.client_optimizer == "yogi":
         raise ConfigError("--baselines=local needs a Keras optimizer; use sgd, adam or adagrad")

@@ -259,7 +259,12 @@ def _build_process(
     """The algorithm's learning process and what a client moves per round in it."""
     process = algorithms.build_process(
         config.algorithm,
-        keras_model.model_fn(build_model, parts.data.element_spec, skip_random_init=True),
+        keras_model.model_fn(
+            build_model,
+            parts.data.element_spec,
+            skip_random_init=True,
+            label_smoothing=config.label_smoothing,
+        ),
         client_optimizer=parts.client_optimizer,
         server_optimizer=parts.server,
         client_learning_rate_fn=parts.schedule,

@@ -42,6 +42,7 @@ def fine_tune_and_score(
     held_out: selection.HeldOut,
     first_round: int,
     description: str = "",
+    label_smoothing: float = 0.0,
     printer: Printer = print,
 ) -> evaluation.ClientModelsResult:
     """Fine-tunes client k's model `start_weights[k]` on its data; scores every one.
@@ -54,12 +55,13 @@ def fine_tune_and_score(
         held_out: The test split (and client classes) the models are scored on.
         first_round: Round number of the first pass, minus one.
         description: What the models are, for summary.json.
+        label_smoothing: Of the training loss (`keras_model.loss`), as in the run.
     """
     if len(start_weights) != len(client_datasets):
         raise ValueError(f"{len(start_weights)} models for {len(client_datasets)} clients")
     model, optimizer = build_model(), build_optimizer()
     optimizer.build(model.trainable_variables)
-    train_epoch = baselines.epoch_trainer(model, optimizer, keras_model.loss())
+    train_epoch = baselines.epoch_trainer(model, optimizer, keras_model.loss(label_smoothing))
     results = []
     for client, (weights, round_dataset) in enumerate(zip(start_weights, client_datasets)):
         weights.assign_weights_to(model)
@@ -103,6 +105,7 @@ def run(
             f"the final round's model of each client, fine-tuned for {config.personalize_epochs} "
             "epoch(s) on that client's training data"
         ),
+        label_smoothing=config.label_smoothing,
         printer=printer,
     )
     entry = {

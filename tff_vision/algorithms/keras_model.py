@@ -9,9 +9,32 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 
-def loss() -> tf.keras.losses.Loss:
-    """Sparse categorical cross-entropy on logits (all models output logits)."""
-    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+def loss(label_smoothing: float = 0.0) -> tf.keras.losses.Loss:
+    """Cross-entropy on logits (all models output logits) against integer labels.
+
+    With `label_smoothing` eps > 0 the target is (1 - eps) on the label plus
+    eps / K on each of the K classes (Szegedy et al. 2016); 0 is the plain loss.
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if label_smoothing == 0.0:
+        return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return _SmoothedSparseCrossentropy(label_smoothing)
+
+
+class _SmoothedSparseCrossentropy(tf.keras.losses.Loss):
+    """Categorical cross-entropy with label smoothing, for integer labels (Keras has none)."""
+
+    def __init__(self, label_smoothing: float):
+        super().__init__(name="smoothed_sparse_categorical_crossentropy")
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        targets = tf.one_hot(labels, tf.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return tf.keras.losses.categorical_crossentropy(
+            targets, y_pred, from_logits=True, label_smoothing=self.label_smoothing
+        )
 
 
 def metrics() -> list[tf.keras.metrics.Metric]:
@@ -20,7 +43,10 @@ def metrics() -> list[tf.keras.metrics.Metric]:
 
 
 def model_fn(
-    build_keras: Callable[[], tf.keras.Model], element_spec, skip_random_init: bool = False
+    build_keras: Callable[[], tf.keras.Model],
+    element_spec,
+    skip_random_init: bool = False,
+    label_smoothing: float = 0.0,
 ) -> Callable[[], tff.learning.models.VariableModel]:
     """A TFF `model_fn` wrapping a fresh Keras model from `build_keras`.
 
@@ -38,6 +64,7 @@ def model_fn(
             whose state gets its weights from `set_model_weights` before the
             first round, as in `training.FederatedTrainer` and the benchmark:
             `initialize()` alone then holds zero kernels.
+        label_smoothing: Of the training loss (see `loss`).
     """
 
     def _model_fn() -> tff.learning.models.VariableModel:
@@ -47,7 +74,7 @@ def model_fn(
         else:
             keras = build_keras()
         return tff.learning.models.from_keras_model(
-            keras, loss=loss(), input_spec=element_spec, metrics=metrics()
+            keras, loss=loss(label_smoothing), input_spec=element_spec, metrics=metrics()
         )
 
     return _model_fn
