@@ -127,6 +127,12 @@ class ValidateTest(parameterized.TestCase):
         ("stem", dict(model="cnn", stem="cifar"), "--stem applies to resnet18 only"),
         ("client_lr", dict(client_lr=0), "--client_lr must be > 0"),
         ("label_smoothing", dict(label_smoothing=1.0), "--label_smoothing must be in [0, 1)"),
+        ("ema_decay", dict(ema_decay=1.0), "--ema_decay must be in [0, 1)"),
+        (
+            "ema_own_models",
+            dict(algorithm="fedper", client_lr_schedule="constant", ema_decay=0.9),
+            "--algorithm=fedper scores each client's own model, and --ema_decay averages",
+        ),
         ("server_beta2", dict(server_beta2=1.0), "--server_beta2 must be in [0, 1)"),
         ("fedprox", dict(algorithm="fedprox"), "--algorithm=fedprox needs --proximal_strength"),
         ("fedbn", dict(algorithm="fedbn"), "--algorithm=fedbn needs --norm=batch"),

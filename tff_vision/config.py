@@ -363,6 +363,13 @@ class OutputSettings:
         "final = the last round. summary.json also holds the last round's test metrics.",
         choices=SELECTIONS,
     )
+    ema_decay: float = option(
+        0.0,
+        "Report an exponential moving average of the global model's weights instead of the "
+        "round's own: after round r, ema = d * ema + (1 - d) * w_r (starting at w_1), scored "
+        "on test and val every evaluated round (so --select picks among averages). Training, "
+        "the baselines and fine-tuning are unchanged; 0 = off.",
+    )
     test_time_flips: bool = option(
         False,
         "Score every model (federated, local-only, pooled, fine-tuned; test and validation, so "
@@ -520,6 +527,7 @@ def _check_algorithm(c: ExperimentConfig) -> None:
             client_lr_schedule=c.client_lr_schedule,
             proximal_strength=c.proximal_strength,
             distributed=bool(c.workers or c.local_workers),
+            ema_decay=c.ema_decay,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -576,6 +584,7 @@ def _check_runtime(c: ExperimentConfig) -> None:
 
 def _check_outputs(c: ExperimentConfig) -> None:
     _check(bool(c.output_dir), "--output_dir is required; pass e.g. --output_dir=/tmp/run1")
+    _check(0 <= c.ema_decay < 1, f"--ema_decay must be in [0, 1) (e.g. 0.9), got {c.ema_decay}")
 
 
 _CHECKS = (

@@ -214,6 +214,7 @@ def run_federated(
                 config.select, held_out, out / "checkpoints" / "selected" / "federated.npz"
             ),
             client_bytes=client_bytes,
+            ema_decay=config.ema_decay,
             availability=Availability(
                 config.client_dropout,
                 config.partial_work,

@@ -10,7 +10,9 @@ and carries on; since every random choice is derived from (seed, round,
 client), the resumed run computes exactly what an uninterrupted one would.
 With a `selection.Selection`, every evaluated round is also scored on the
 validation split (val_* columns) and offered to the selection, which keeps
-the round the federated model reports.
+the round the federated model reports. With `ema_decay`, the model scored is
+an exponential moving average of the global weights, saved with each
+round's state so that a resumed run averages exactly as an uninterrupted one.
 
 The Keras baselines (local-only, pooled) have their own loop in
 `tff_vision.baselines`.
@@ -28,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -188,6 +191,10 @@ class FederatedTrainer:
         client_bytes: What one reporting client receives and sends per round
             (`communication.client_bytes(process)`): metrics.csv gets the
             round's and the cumulative `bytes_*` columns, the outcome the totals.
+        ema_decay: Score an exponential moving average of the global weights
+            (d * ema + (1 - d) * w_r after round r, starting at w_1) instead of
+            each round's own; 0 = off. Not for processes whose clients keep
+            models of their own (the registry refuses those).
     """
 
     def __init__(
@@ -207,8 +214,13 @@ class FederatedTrainer:
         selection: Selection | None = None,
         availability: Availability | None = None,
         client_bytes: communication.RoundBytes | None = None,
+        ema_decay: float = 0.0,
     ):
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self.step = RoundStep(process, data, initial_weights, clients_per_round, availability)
+        self.ema_decay = ema_decay
+        self.ema = None  # The moving average of the global weights, with ema_decay.
         self.client_bytes = client_bytes
         self.rounds = rounds
         self.restart_workers_every = restart_workers_every
@@ -230,13 +242,32 @@ class FederatedTrainer:
         self.tensorboard = tff.program.TensorBoardReleaseManager(output_dir / "tb" / "federated")
 
     def restore(self) -> tuple[Any, int]:
-        """The latest saved state and its round, or the initial state and 0."""
+        """The latest saved state and its round, or the initial state and 0 (sets `ema`)."""
         initial = self.step.initial_state()
         versions = _run_coroutine(self.state_manager.get_versions()) or []
         if not versions:
             return initial, 0
         latest = max(versions)
-        return _run_coroutine(self.state_manager.load(latest, initial)), latest
+        if not self.ema_decay:
+            return _run_coroutine(self.state_manager.load(latest, initial)), latest
+        structure = (initial, self.step.model_weights(initial))
+        state, self.ema = _run_coroutine(self.state_manager.load(latest, structure))
+        return state, latest
+
+    def _average(self, state) -> None:
+        """Folds `state`'s global weights into `ema` (the first round's start it)."""
+        weights = self.step.model_weights(state)
+        if self.ema is None:
+            self.ema = weights
+            return
+        decay = self.ema_decay
+        self.ema = tf.nest.map_structure(
+            lambda a, w: (decay * np.asarray(a) + (1 - decay) * np.asarray(w)).astype(
+                np.asarray(a).dtype
+            ),
+            self.ema,
+            weights,
+        )
 
     def client_weights(self, state) -> list:
         """The `ModelWeights` each client receives in `state`: its own, or the global model."""
@@ -251,7 +282,8 @@ class FederatedTrainer:
         such a process is used by no client.
         """
         own = self.step.client_models(state)
-        scored = [self._score_weights(w) for w in own or [self.step.model_weights(state)]]
+        shared = self.ema if self.ema is not None else self.step.model_weights(state)
+        scored = [self._score_weights(w) for w in own or [shared]]
         if own is None:
             return scored[0]
         test = evaluation.client_models_result([t for t, _ in scored])
@@ -277,6 +309,8 @@ class FederatedTrainer:
             t0 = time.monotonic()
             output = self.step.next(state, round_num)
             state = output.state
+            if self.ema_decay:
+                self._average(state)
             row = _train_row(output.metrics)
             row.update(self.step.participation)
             client_rounds += len(self.step.reported)
@@ -297,7 +331,8 @@ class FederatedTrainer:
                     self.selection.offer(round_num, final_val, final_eval)
             row["seconds"] = time.monotonic() - t0
             _run_coroutine(self._release(row, round_num))
-            _run_coroutine(self.state_manager.save(state, round_num))
+            saved = (state, self.ema) if self.ema_decay else state
+            _run_coroutine(self.state_manager.save(saved, round_num))
             progress.update(round_num, row["seconds"], _progress_metrics(row))
             if runtime.restart_workers_after(round_num, self.restart_workers_every, self.rounds):
                 self.printer(f"[federated] fresh TFF worker(s) after round {round_num}")
@@ -309,6 +344,10 @@ class FederatedTrainer:
             summary, selected = final_eval.summary(), final_eval
         else:
             summary, selected = self.selection.report(self.rounds, final_eval, final_val)
+        if self.ema_decay:
+            summary["model"] = (
+                f"exponential moving average (decay {self.ema_decay:g}) of the global weights"
+            )
         seconds = time.monotonic() - start
         outcome = FederatedOutcome(state, final_eval, self.rounds, done, seconds, summary, selected)
         if self.client_bytes is not None:

@@ -70,6 +70,10 @@ class AlgorithmSpec:
             aggregators are refused with BatchNorm, and in a second client
             pass, which does not split over TFF workers. False for FedBN,
             whose normalization stays local.
+        own_client_models: Each client deploys a model of its own (FedBN's
+            norms, FedPer's and FedRep's heads, Ditto's personal model), and the
+            federated metrics score those: there is no one global model whose
+            weights `--ema_decay` could average over rounds.
     """
 
     name: str
@@ -83,6 +87,7 @@ class AlgorithmSpec:
     needs_proximal_strength: bool = False
     indexed_clients: bool = False
     recomputes_batch_statistics: bool = True
+    own_client_models: bool = False
 
     @property
     def takes_schedule(self) -> bool:
@@ -105,6 +110,8 @@ class AlgorithmSpec:
 # defeat DP and secure summation; the state that holds those values is indexed by client and
 # lives on one TFF worker.
 _PER_CLIENT_STATE = dict(takes_dp=False, takes_secure=False, indexed_clients=True)
+# ... and those whose clients also keep part of the model scored as their own.
+_OWN_MODELS = dict(_PER_CLIENT_STATE, own_client_models=True)
 # Personalized algorithms keep per-client models whose BatchNorm statistics nothing maintains.
 _NO_BATCH_NORM = ("group", "none")
 # FedOpt differs from FedAvg only in the server optimizer (see fedopt.py). Scaffold, fednova
@@ -144,7 +151,7 @@ _SPECS = (
         ("client_optimizer", "num_clients"),
         norms=("batch",),
         recomputes_batch_statistics=False,
-        **_PER_CLIENT_STATE,
+        **_OWN_MODELS,
     ),
     AlgorithmSpec(
         "fedper",
@@ -152,7 +159,7 @@ _SPECS = (
         fedper.build_fedper,
         ("client_optimizer", "num_clients"),
         norms=_NO_BATCH_NORM,
-        **_PER_CLIENT_STATE,
+        **_OWN_MODELS,
     ),
     AlgorithmSpec(
         "fedrep",
@@ -160,7 +167,7 @@ _SPECS = (
         fedrep.build_fedrep,
         ("client_optimizer", "num_clients", "head_epochs"),
         norms=_NO_BATCH_NORM,
-        **_PER_CLIENT_STATE,
+        **_OWN_MODELS,
     ),
     AlgorithmSpec(
         "ditto",
@@ -168,7 +175,7 @@ _SPECS = (
         ditto.build_ditto,
         ("client_learning_rate", "client_momentum", "num_clients", "ditto_lambda"),
         norms=_NO_BATCH_NORM,
-        **_PER_CLIENT_STATE,
+        **_OWN_MODELS,
     ),
 )
 
@@ -193,6 +200,7 @@ def check_combination(
     client_lr_schedule: str,
     proximal_strength: float,
     distributed: bool,
+    ema_decay: float = 0.0,
 ) -> None:
     """Raises ValueError, one line naming the fix, if the combination cannot work.
 
@@ -241,6 +249,11 @@ def check_combination(
     if client_lr_schedule != "constant" and not spec.takes_schedule:
         raise ValueError(
             f"{flag} has no client learning-rate schedule; pass --client_lr_schedule=constant"
+        )
+    if ema_decay and spec.own_client_models:
+        raise ValueError(
+            f"{flag} scores each client's own model, and --ema_decay averages one global "
+            "model; drop --ema_decay"
         )
 
 
