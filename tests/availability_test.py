@@ -14,8 +14,7 @@ import fl_testing
 import pandas as pd
 from absl.testing import absltest
 
-from tff_vision import algorithms, client_data, communication, data, partition, selection, training
-from tff_vision.algorithms import keras_model
+from tff_vision import client_data, communication, partition
 from tff_vision.availability import Availability, num_batches
 
 _CLIENTS = 10
@@ -60,31 +59,22 @@ class UnreliableTrainingTest(fl_testing.LocalContextTestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.fed = _ten_clients()
-        cls.process = algorithms.build_process(
-            "fedavg",
-            keras_model.model_fn(fl_testing.tiny_model, cls.fed.element_spec),
-            client_optimizer=algorithms.build_optimizer("sgd", 0.1),
-        )
-        dataset = data.load("retinamnist", 28, fl_testing.SHARED_MEDMNIST, allow_download=False)
-        cls.held_out = selection.HeldOut(dataset.test, dataset.val, 5)
+        cls.process = fl_testing.tiny_fedavg(cls.fed)
+        cls.held_out = fl_testing.retina_held_out()
         cls.per_client = communication.client_bytes(cls.process)
         cls.root = pathlib.Path(tempfile.mkdtemp())
         cls.addClassCleanup(shutil.rmtree, cls.root)
 
     def _train(self, out, availability, rounds=_ROUNDS):
-        model = fl_testing.tiny_model(seed=5)
-        return training.FederatedTrainer(
+        return fl_testing.train_tiny(
             self.process,
             self.fed,
-            rounds=rounds,
-            eval_model=model,
-            evaluate=self.held_out.evaluate_test,
-            output_dir=self.root / out,
-            initial_weights=keras_model.initial_weights(model),
+            self.held_out,
+            self.root / out,
+            rounds,
             availability=availability,
             client_bytes=self.per_client,
-            printer=lambda _: None,
-        ).run()
+        )
 
     def test_dropout_records_who_reported_and_resumes_exactly(self):
         availability = Availability(dropout=0.5, seed=7)

@@ -8,7 +8,7 @@ import fl_testing
 import numpy as np
 from absl.testing import absltest
 
-from tff_vision import algorithms, data, selection, training
+from tff_vision import training
 from tff_vision.algorithms import keras_model
 
 _DECAY = 0.5
@@ -19,29 +19,15 @@ class MovingAverageTest(fl_testing.LocalContextTestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.fed = fl_testing.retina_federated(0)
-        cls.process = algorithms.build_process(
-            "fedavg",
-            keras_model.model_fn(fl_testing.tiny_model, cls.fed.element_spec),
-            client_optimizer=algorithms.build_optimizer("sgd", 0.1),
-        )
-        dataset = data.load("retinamnist", 28, fl_testing.SHARED_MEDMNIST, allow_download=False)
-        cls.held_out = selection.HeldOut(dataset.test, dataset.val, 5)
+        cls.process = fl_testing.tiny_fedavg(cls.fed)
+        cls.held_out = fl_testing.retina_held_out()
         cls.root = pathlib.Path(tempfile.mkdtemp())
         cls.addClassCleanup(shutil.rmtree, cls.root)
 
     def _train(self, out, rounds, decay=_DECAY):
-        model = fl_testing.tiny_model(seed=5)
-        return training.FederatedTrainer(
-            self.process,
-            self.fed,
-            rounds=rounds,
-            eval_model=model,
-            evaluate=self.held_out.evaluate_test,
-            output_dir=self.root / out,
-            initial_weights=keras_model.initial_weights(model),
-            printer=lambda _: None,
-            ema_decay=decay,
-        ).run()
+        return fl_testing.train_tiny(
+            self.process, self.fed, self.held_out, self.root / out, rounds, ema_decay=decay
+        )
 
     def test_scores_the_average_of_the_rounds_and_resumes_it_exactly(self):
         outcome = self._train("full", rounds=3)

@@ -14,7 +14,16 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from tff_vision import checkpoints, client_data, data, partition, runtime
+from tff_vision import (
+    algorithms,
+    checkpoints,
+    client_data,
+    data,
+    partition,
+    runtime,
+    selection,
+    training,
+)
 from tff_vision.algorithms import (
     _client_loops,
     build_optimizer,
@@ -84,10 +93,46 @@ def tiny_model(seed=0, batch_norm=False):
     return tf.keras.Model(inputs, outputs)
 
 
+def retina_dataset():
+    """The shared RetinaMNIST 28 (`data.ImageDataset`); never downloaded."""
+    return data.load("retinamnist", 28, data_dir=SHARED_MEDMNIST, allow_download=False)
+
+
 def retina_arrays(num_examples=NUM_EXAMPLES):
     """`(images, labels)`: the first `num_examples` of the shared RetinaMNIST training split."""
-    ds = data.load("retinamnist", 28, data_dir=SHARED_MEDMNIST, allow_download=False)
+    ds = retina_dataset()
     return ds.train.images[:num_examples], ds.train.labels[:num_examples]
+
+
+def retina_held_out():
+    """The shared RetinaMNIST's test and val splits as a `selection.HeldOut` (5 classes)."""
+    dataset = retina_dataset()
+    return selection.HeldOut(dataset.test, dataset.val, dataset.num_classes)
+
+
+def tiny_fedavg(fed):
+    """FedAvg of `tiny_model` over `fed`'s data, local SGD at 0.1."""
+    return algorithms.build_process(
+        "fedavg",
+        keras_model.model_fn(tiny_model, fed.element_spec),
+        client_optimizer=algorithms.build_optimizer("sgd", 0.1),
+    )
+
+
+def train_tiny(process, fed, held_out, output_dir, rounds, **trainer_args):
+    """A silent `training.FederatedTrainer` run of `process` from `tiny_model(seed=5)`."""
+    model = tiny_model(seed=5)
+    return training.FederatedTrainer(
+        process,
+        fed,
+        rounds=rounds,
+        eval_model=model,
+        evaluate=held_out.evaluate_test,
+        output_dir=output_dir,
+        initial_weights=keras_model.initial_weights(model),
+        printer=lambda _: None,
+        **trainer_args,
+    ).run()
 
 
 def retina_federated(seed, num_clients=3, exclude="1;2;3", arrays=None, **preprocessing):

@@ -8,7 +8,7 @@ import fl_testing
 import numpy as np
 from absl.testing import absltest
 
-from tff_vision import data, reproduction
+from tff_vision import reproduction
 from tff_vision.data import Split
 
 # Two short epochs, the rate dropping after the first, on a small real subset.
@@ -33,8 +33,7 @@ class ProtocolTest(absltest.TestCase):
         self.assertEqual(protocol.batch_size, 128)
 
     def test_the_papers_model(self):
-        ds = data.load("retinamnist", 28, data_dir=fl_testing.SHARED_MEDMNIST, allow_download=False)
-        model = reproduction.build_model(ds, seed=0)
+        model = reproduction.build_model(fl_testing.retina_dataset(), seed=0)
         names = [layer.__class__.__name__ for layer in model.layers]
         self.assertIn("BatchNormalization", names)
         self.assertNotIn("GroupNormalization", names)
@@ -86,10 +85,7 @@ class TrainTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        full = data.load(
-            "retinamnist", 28, data_dir=fl_testing.SHARED_MEDMNIST, allow_download=False
-        )
-        cls.ds = _subset(full)
+        cls.ds = _subset(fl_testing.retina_dataset())
 
     def setUp(self):
         super().setUp()
