@@ -255,7 +255,7 @@ class FederatedTrainer:
         return state, latest
 
     def _average(self, state) -> None:
-        """Folds `state`'s global weights into `ema` (the first round's start it)."""
+        """Folds `state`'s global weights into `ema`; the first round's weights start it."""
         weights = self.step.model_weights(state)
         if self.ema is None:
             self.ema = weights
