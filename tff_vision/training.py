@@ -4,8 +4,8 @@
 one `RoundStep` (the step the benchmark harness times as well). After each
 round it releases a metrics row (`tff.program.CSVFileReleaseManager`, which
 rewrites the CSV atomically and drops rows of rounds being redone, plus a
-`TensorBoardReleaseManager`) and then saves the whole process state with a
-`tff.program.FileProgramStateManager`. A rerun loads the latest saved state
+`TensorBoardReleaseManager`) and then saves the whole process state
+(`checkpoints.NpzStateManager`). A rerun loads the latest saved state
 and carries on; since every random choice is derived from (seed, round,
 client), the resumed run computes exactly what an uninterrupted one would.
 With a `selection.Selection`, every evaluated round is also scored on the
