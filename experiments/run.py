@@ -52,8 +52,14 @@ _INPUT_ERRORS = (
 
 
 def config_from_flags() -> config_lib.ExperimentConfig:
-    """The `ExperimentConfig` the command line asks for."""
-    return config_lib.config_from_dict(cli.config_values(config_lib.ExperimentConfig, FLAGS))
+    """The `ExperimentConfig` the command line asks for.
+
+    "{seed}" in --output_dir becomes the seed, so that a config file serves every
+    seed: `--flagfile=experiments/configs/retina_best.cfg --seed=N`.
+    """
+    values = cli.config_values(config_lib.ExperimentConfig, FLAGS)
+    values["output_dir"] = values["output_dir"].replace("{seed}", str(values["seed"]))
+    return config_lib.config_from_dict(values)
 
 
 def run_parsed(argv: list[str]) -> int:

@@ -378,7 +378,7 @@ class OutputSettings:
     )
     output_dir: str = option(
         "",
-        "Where results and checkpoints go (required).",
+        'Where results and checkpoints go (required); "{seed}" in it becomes --seed.',
         flag_default=None,
         affects_results=False,
     )
