@@ -14,12 +14,14 @@ _CONFIGS = sorted(
 
 
 def _config(*argv):
+    """The runner's config for `argv`; every flag is back at its default afterwards."""
     flags.FLAGS.unparse_flags()
     try:
         cli.parse_flags(["experiments.run", *argv])
         return run_lib.config_from_flags()
     finally:
         flags.FLAGS.unparse_flags()
+        flags.FLAGS.mark_as_parsed()  # As conftest leaves them: later tests read FLAGS.
 
 
 class ConfigFilesTest(parameterized.TestCase):
