@@ -114,31 +114,67 @@ def run_baselines(
             printer(f"[{name}] finished earlier: {outputs.format_result(previous)}")
             continue
         shared = shared.reset() if shared else _SharedModel(config, build_model)
-        chosen = selection.Selection(
-            config.select, held_out, out / "checkpoints" / "selected" / f"{name}.npz"
-        )
-        train_keras_baseline(
+        results[name], _ = train_and_select(
             name,
             shared.model,
             shared.optimizer,
             round_dataset,
             config.rounds,
-            out / "checkpoints" / name,
+            selection.Selection(
+                config.select, held_out, out / "checkpoints" / "selected" / f"{name}.npz"
+            ),
+            checkpoint_dir=out / "checkpoints" / name,
+            log=baseline_dir / f"{name}.csv",
             learning_rate_fn=learning_rate_fn,
             printer=printer,
             train_epoch=shared.train_epoch,
-            after_round=score_each_round(
-                shared.model, held_out, chosen, baseline_dir / f"{name}.csv"
-            ),
-        )
-        final_test = held_out.evaluate_test(shared.model)
-        results[name], _ = chosen.report(
-            config.rounds, final_test, held_out.evaluate_val(shared.model)
         )
         fileio.write_json_atomic(result_path, results[name])
         result = results[name]
         printer(f"[{name}] {outputs.selection_text(result)}: {outputs.format_result(result)}")
     return results
+
+
+def train_and_select(
+    name: str,
+    model: tf.keras.Model,
+    optimizer: tf.keras.optimizers.Optimizer,
+    round_dataset: Callable[[int], tf.data.Dataset],
+    rounds: int,
+    chosen: selection.Selection,
+    *,
+    checkpoint_dir: pathlib.Path,
+    log: pathlib.Path,
+    learning_rate_fn: Callable[[int], Any] | None = None,
+    printer: Callable[[str], None] = print,
+    train_epoch: Callable[[tf.data.Dataset], tuple[float, float, float]] | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Trains `model` for `rounds` (resumably), offering every round to `chosen`; reports it.
+
+    The one recipe of every centralized-style arm (local-only, pooled, the
+    MedMNIST v2 reproduction): `train_keras_baseline` with each round scored
+    on val (`score_each_round`, logged to `log`), then `chosen.report` with
+    the last round's test and val metrics.
+
+    Returns:
+        The report (`selection.Selection.report`'s summary entry) and the round
+        the training resumed after (0 for a fresh start).
+    """
+    held_out = chosen.held_out
+    resumed = train_keras_baseline(
+        name,
+        model,
+        optimizer,
+        round_dataset,
+        rounds,
+        checkpoint_dir,
+        learning_rate_fn=learning_rate_fn,
+        printer=printer,
+        train_epoch=train_epoch,
+        after_round=score_each_round(model, held_out, chosen, log),
+    )
+    report, _ = chosen.report(rounds, held_out.evaluate_test(model), held_out.evaluate_val(model))
+    return report, resumed
 
 
 def score_each_round(

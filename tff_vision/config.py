@@ -1,4 +1,4 @@
-"""Every setting of one experiment, and the checks that each can work.
+"""Every setting of one experiment, declared once, with its help text, choices and bounds.
 
 `ExperimentConfig` is the one description of an experiment, flat (field
 names are flag names) but declared in sections: data, partition, model,
@@ -8,7 +8,7 @@ schedule, runtime, outputs. Each setting is written once, as a
 choices and lower bound; the runner generates its flags from these
 (`experiments/cli.py`), `flags.json` records `result_fields()`, and
 `validate()` raises `ConfigError` (one line naming the fix) for any setting
-that cannot work, before anything is loaded or written.
+that cannot work, before anything is loaded or written (`config_checks`).
 
 Choices and help texts kept by modules that load TensorFlow (models,
 algorithms, aggregators, ...) are looked up only when asked for: importing
@@ -23,9 +23,9 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from tff_vision import config_checks, settings
 from tff_vision import data as data_lib
 from tff_vision import partition as partition_lib
-from tff_vision import settings
 from tff_vision.settings import lazy, option
 
 BASELINES = ("local", "centralized")
@@ -38,9 +38,8 @@ STEP_HETEROGENEITY = ("none", "proportional")
 # before --select reported their last round.
 _DEFAULTS_BEFORE_CHANGE = {"weight_standardization": False, "select": "final"}
 
-
-class ConfigError(ValueError):
-    """An invalid experiment setting; the message is one line naming the fix."""
+# What `validate()` raises; callers know it as `config.ConfigError`.
+ConfigError = config_checks.ConfigError
 
 
 def _lib(module: str):
@@ -420,8 +419,7 @@ class ExperimentConfig(
 
     def validate(self) -> None:
         """Raises `ConfigError` for any setting that cannot work, section by section."""
-        for check in _CHECKS:
-            check(self)
+        config_checks.validate(self)
 
     def server_optimizer_spec(self):
         """The server optimizer the algorithm runs with (`algorithms.ServerOptimizerSpec`)."""
@@ -446,156 +444,3 @@ def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     if "baselines" in kwargs:
         kwargs["baselines"] = tuple(dict.fromkeys(kwargs["baselines"]))  # Each one once.
     return ExperimentConfig(**kwargs)
-
-
-# --- checks, by section ---
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _check_declared(c: ExperimentConfig) -> None:
-    """The lower bounds and choices the settings declare."""
-    try:
-        settings.check_bounds(c)
-        settings.check_choices(c)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _check_data(c: ExperimentConfig) -> None:
-    if data_lib.is_tfds(c.dataset):
-        low, high = data_lib.TFDS_SIZE_RANGE
-        _check(low <= c.size <= high, f"--size must be in {low}..{high} for tfds: sets")
-    else:
-        _check(
-            c.size in data_lib.SIZES,
-            f"--size must be one of {', '.join(map(str, data_lib.SIZES))} for MedMNIST, "
-            f"got {c.size}",
-        )
-
-
-def _check_model(c: ExperimentConfig) -> None:
-    if c.stem != "auto" and c.model != "resnet18":
-        raise ConfigError(f"--stem applies to resnet18 only; drop it for --model={c.model}")
-
-
-def _check_client_optimizer(c: ExperimentConfig) -> None:
-    _check(c.client_lr > 0, f"--client_lr must be > 0, got {c.client_lr}")
-    _check(
-        0 <= c.client_momentum < 1, f"--client_momentum must be in [0, 1), got {c.client_momentum}"
-    )
-    _check(
-        0 <= c.label_smoothing < 1,
-        f"--label_smoothing must be in [0, 1) (0.1 is usual), got {c.label_smoothing}",
-    )
-    if "local" in c.baselines and c.client_optimizer == "yogi":
-        raise ConfigError("--baselines=local needs a Keras optimizer; use sgd, adam or adagrad")
-
-
-def _check_server_optimizer(c: ExperimentConfig) -> None:
-    _check(c.server_lr > 0, f"--server_lr must be > 0, got {c.server_lr}")
-    for flag, value in (
-        ("--server_momentum", c.server_momentum),
-        ("--server_beta1", c.server_beta1),
-        ("--server_beta2", c.server_beta2),
-    ):
-        _check(0 <= value < 1, f"{flag} must be in [0, 1), got {value}")
-    _check(c.server_epsilon > 0, f"--server_epsilon must be > 0, got {c.server_epsilon}")
-    try:
-        c.server_optimizer_spec()
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _check_algorithm(c: ExperimentConfig) -> None:
-    """The algorithm's own parameter, then what the algorithm registry accepts with it."""
-    _check(
-        c.proximal_strength >= 0,
-        f"--proximal_strength must be >= 0, got {c.proximal_strength}",
-    )
-    _check(c.ditto_lambda >= 0, f"--ditto_lambda must be >= 0, got {c.ditto_lambda}")
-    try:
-        _lib("algorithms").check_combination(
-            c.algorithm,
-            norm=c.norm,
-            aggregator=c.aggregator,
-            client_optimizer=c.client_optimizer,
-            client_momentum=c.client_momentum,
-            client_lr_schedule=c.client_lr_schedule,
-            proximal_strength=c.proximal_strength,
-            distributed=bool(c.workers or c.local_workers),
-            ema_decay=c.ema_decay,
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _check_privacy(c: ExperimentConfig) -> None:
-    """The DP settings, whatever the aggregator, so that a typo never passes silently."""
-    _check(
-        c.dp_noise_multiplier >= 0,
-        f"--dp_noise_multiplier must be >= 0, got {c.dp_noise_multiplier}",
-    )
-    _check(
-        c.dp_delta == 0 or 0 < c.dp_delta < 1,
-        f"--dp_delta must be in (0, 1), or 0 for 1/num_clients^1.1; got {c.dp_delta}",
-    )
-    aggregators = _lib("aggregators")
-    try:
-        aggregators.parse_dp_clip(c.dp_clip)
-        if c.aggregator == "dp":
-            aggregators.check_dp_settings(
-                c.dp_noise_multiplier,
-                c.dp_clip,
-                c.clients_per_round or c.num_clients,
-                c.dp_target_quantile,
-            )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _check_schedule(c: ExperimentConfig) -> None:
-    if c.step_heterogeneity != "none" and not c.local_steps:
-        raise ConfigError("--step_heterogeneity needs --local_steps > 0")
-    _check(0 <= c.client_dropout < 1, f"--client_dropout must be in [0, 1), got {c.client_dropout}")
-    _check(0 <= c.partial_work <= 1, f"--partial_work must be in [0, 1], got {c.partial_work}")
-    _check(
-        not (c.client_dropout and c.aggregator == "dp"),
-        "--client_dropout with --aggregator=dp: the accountant assumes a fixed number of "
-        "clients per round; drop --client_dropout or use --clients_per_round for sampling",
-    )
-
-
-def _check_runtime(c: ExperimentConfig) -> None:
-    _check(
-        not (c.workers and c.local_workers),
-        "--workers and --local_workers exclude each other; give one of them",
-    )
-    for target in c.workers:
-        host, _, port = target.rpartition(":")
-        _check(
-            bool(host) and port.isdigit() and 0 < int(port) < 65536,
-            f"bad --workers entry {target!r}; use host:port, e.g. 127.0.0.1:8000",
-        )
-
-
-def _check_outputs(c: ExperimentConfig) -> None:
-    _check(bool(c.output_dir), "--output_dir is required; pass e.g. --output_dir=/tmp/run1")
-    _check(0 <= c.ema_decay < 1, f"--ema_decay must be in [0, 1) (e.g. 0.9), got {c.ema_decay}")
-
-
-_CHECKS = (
-    _check_declared,
-    _check_runtime,
-    _check_data,
-    _check_model,
-    _check_client_optimizer,
-    _check_server_optimizer,
-    _check_algorithm,
-    _check_schedule,
-    _check_privacy,
-    _check_outputs,
-)

@@ -6,8 +6,8 @@ whose first convolution is 3x3 at stride 1 with no max-pool (this package's
 rate x0.1 at epochs 50 and 75, and report the test metrics of the epoch with
 the best validation AUC. `train` runs that protocol on one dataset and seed:
 every epoch is checkpointed and scored on the validation split, so a killed
-run resumes exactly (`baselines.train_keras_baseline`, `selection.Selection`),
-and a finished one is read back from its summary.json.
+run resumes exactly (`baselines.train_and_select`, the recipe of the local
+and pooled baselines too), and a finished one is read back from its summary.json.
 
 Differences from the paper's code, kept because they are this package's
 model: images are scaled to [0, 1] (theirs to [-1, 1]), the classifier starts
@@ -94,19 +94,18 @@ def train(
         (dataset.train.images, np.asarray(dataset.train.labels).reshape(-1).astype(np.int64))
     )
     preprocessing = client_data.Preprocessing(batch_size=protocol.batch_size, seed=seed)
-    resumed = baselines.train_keras_baseline(
+    summary, resumed = baselines.train_and_select(
         f"{dataset.name} seed {seed}",
         model,
         optimizer,
         lambda epoch: preprocessing.apply(examples, epoch, "centralized"),
         protocol.epochs,
-        out / "checkpoints" / "model",
+        chosen,
+        checkpoint_dir=out / "checkpoints" / "model",
+        log=out / "epochs.csv",
         learning_rate_fn=protocol.learning_rate_at,
         printer=printer,
-        after_round=baselines.score_each_round(model, held_out, chosen, out / "epochs.csv"),
     )
-    final_test = held_out.evaluate_test(model)
-    summary, _ = chosen.report(protocol.epochs, final_test, held_out.evaluate_val(model))
     summary.update(
         dataset=dataset.name,
         size=dataset.size,
