@@ -204,10 +204,15 @@ class RestartTest(absltest.TestCase):
         self.assertEqual(psutil.Process(new).environ()["TFF_VISION_TEST_SETTING"], "kept")
         self.assertAlmostEqual(mean([1.0, 5.0]), 3.0)
 
-    def test_worker_grows_gpu_memory_on_demand(self):
+    def test_worker_grows_gpu_memory_on_demand_and_keeps_two_heap_arenas(self):
         worker = runtime.start_local_context()
         environ = psutil.Process(worker.process.pid).environ()
         self.assertEqual(environ["TF_FORCE_GPU_ALLOW_GROWTH"], "true")
+        self.assertEqual(environ["MALLOC_ARENA_MAX"], "2")
+
+    def test_the_callers_heap_setting_wins(self):
+        worker = runtime.start_local_context(env={"MALLOC_ARENA_MAX": "4"})
+        self.assertEqual(psutil.Process(worker.process.pid).environ()["MALLOC_ARENA_MAX"], "4")
 
     def test_multi_worker_context_restarts_all_workers(self):
         mean = self._mean()
