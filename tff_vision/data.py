@@ -487,52 +487,12 @@ def load_tfds(
     label = f"{TFDS_PREFIX}{tfds_name}"
     keys = _tfds_keys(tfds, builder, label)
     side, resize = _tfds_size(label, size, builder.info.features[keys[0]].shape)
-    offline_fix = (
-        f"run `tfds build {tfds_name} --data_dir={root}` on a machine with network and copy "
-        f"{root / builder.name} here, or pass --data_dir (or set ${DATA_DIR_ENV}) to the folder "
-        f"whose {TFDS_SUBDIR}/ holds it"
-    )
-    if not builder.is_prepared():
-        if not allow_download:
-            raise DataError(f"TFDS dataset {tfds_name!r} is not prepared in {root}; {offline_fix}")
-        try:
-            builder.download_and_prepare()
-        except Exception as e:  # pylint: disable=broad-except
-            raise DataError(
-                f"TFDS dataset {tfds_name!r} is not prepared in {root} and download failed "
-                f"({_first_line(e)}); {offline_fix}"
-            ) from e
-    available = list(builder.info.splits.keys()) or ["train", "test"]
-    missing = [s for s in ("train", "test") if s not in available]
-    if missing:
-        raise DataError(
-            f"{label} has splits {', '.join(available)} but no {' and '.join(missing)}; pick a "
-            "TFDS dataset with 'train' and 'test' splits"
-        )
-    try:
-        splits = {
-            split: _read_tfds_split(tfds, builder, split, keys, side, resize)
-            for split in ("train", "test") + (("validation",) if "validation" in available else ())
-        }
-    except DataError:
-        raise
-    except Exception as e:  # pylint: disable=broad-except
-        raise DataError(
-            f"cannot read {label} from {builder.data_dir} ({_first_line(e)}); delete that "
-            "folder and prepare the dataset again"
-        ) from e
+    _tfds_prepare(builder, tfds_name, root, allow_download)
+    splits = _read_tfds_splits(tfds, builder, label, keys, side, resize)
     train = splits["train"]
     val = splits.get("validation")
     if val is None:
-        n = len(train)
-        n_val = min(TFDS_VAL_MAX, int(n * TFDS_VAL_FRACTION))
-        if n >= 2:
-            n_val = max(1, n_val)
-        cut = n - n_val
-        train, val = (
-            Split(train.images[:cut], train.labels[:cut]),
-            Split(train.images[cut:], train.labels[cut:]),
-        )
+        train, val = _split_off_val(train)
     class_names = tuple(builder.info.features[keys[1]].names)
     return ImageDataset(
         name=label,
@@ -543,4 +503,60 @@ def load_tfds(
         val=val,
         test=splits["test"],
         source=str(builder.data_dir),
+    )
+
+
+def _tfds_prepare(builder, tfds_name: str, root: pathlib.Path, allow_download: bool) -> None:
+    """Downloads and prepares the set unless it is prepared; a `DataError` says how to fix."""
+    if builder.is_prepared():
+        return
+    offline_fix = (
+        f"run `tfds build {tfds_name} --data_dir={root}` on a machine with network and copy "
+        f"{root / builder.name} here, or pass --data_dir (or set ${DATA_DIR_ENV}) to the folder "
+        f"whose {TFDS_SUBDIR}/ holds it"
+    )
+    if not allow_download:
+        raise DataError(f"TFDS dataset {tfds_name!r} is not prepared in {root}; {offline_fix}")
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except
+        raise DataError(
+            f"TFDS dataset {tfds_name!r} is not prepared in {root} and download failed "
+            f"({_first_line(e)}); {offline_fix}"
+        ) from e
+
+
+def _read_tfds_splits(tfds, builder, label: str, keys, side, resize) -> dict[str, Split]:
+    """TFDS `train`, `test` and (when the set has it) `validation`, read into memory."""
+    available = list(builder.info.splits.keys()) or ["train", "test"]
+    missing = [s for s in ("train", "test") if s not in available]
+    if missing:
+        raise DataError(
+            f"{label} has splits {', '.join(available)} but no {' and '.join(missing)}; pick a "
+            "TFDS dataset with 'train' and 'test' splits"
+        )
+    try:
+        return {
+            split: _read_tfds_split(tfds, builder, split, keys, side, resize)
+            for split in ("train", "test") + (("validation",) if "validation" in available else ())
+        }
+    except DataError:
+        raise
+    except Exception as e:  # pylint: disable=broad-except
+        raise DataError(
+            f"cannot read {label} from {builder.data_dir} ({_first_line(e)}); delete that "
+            "folder and prepare the dataset again"
+        ) from e
+
+
+def _split_off_val(train: Split) -> tuple[Split, Split]:
+    """The last `TFDS_VAL_FRACTION` (at most `TFDS_VAL_MAX`, at least 1 of 2+) as val."""
+    n = len(train)
+    n_val = min(TFDS_VAL_MAX, int(n * TFDS_VAL_FRACTION))
+    if n >= 2:
+        n_val = max(1, n_val)
+    cut = n - n_val
+    return (
+        Split(train.images[:cut], train.labels[:cut]),
+        Split(train.images[cut:], train.labels[cut:]),
     )
