@@ -169,8 +169,7 @@ class LocalWorker:
 
 
 def _worker_env(extra: dict[str, str] | None) -> dict[str, str]:
-    """The worker's environment: ours, two heap arenas, op determinism, on-demand GPU memory,
-    `extra`, owner."""
+    """The worker's environment: ours, 2 heap arenas, determinism, GPU growth, `extra`, owner."""
     env = dict(os.environ)
     # glibc gives every thread that allocates at once a heap arena of its own (up to 8 per
     # core) and keeps what is freed in it; the worker's many TF threads so hold hundreds of MB
