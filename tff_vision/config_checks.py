@@ -9,6 +9,7 @@ Modules that load TensorFlow are imported only when a check needs them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,15 @@ def validate(c: ExperimentConfig) -> None:
         check(c)
 
 
+@contextlib.contextmanager
+def _as_config_error():
+    """Raises a `ValueError` of the checked code (whose message names the fix) as `ConfigError`."""
+    try:
+        yield
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -36,11 +46,9 @@ def _check(ok: bool, message: str) -> None:
 
 def _check_declared(c: ExperimentConfig) -> None:
     """The lower bounds and choices the settings declare."""
-    try:
+    with _as_config_error():
         settings.check_bounds(c)
         settings.check_choices(c)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 def _check_data(c: ExperimentConfig) -> None:
@@ -82,10 +90,8 @@ def _check_server_optimizer(c: ExperimentConfig) -> None:
     ):
         _check(0 <= value < 1, f"{flag} must be in [0, 1), got {value}")
     _check(c.server_epsilon > 0, f"--server_epsilon must be > 0, got {c.server_epsilon}")
-    try:
+    with _as_config_error():
         c.server_optimizer_spec()
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 def _check_algorithm(c: ExperimentConfig) -> None:
@@ -95,7 +101,7 @@ def _check_algorithm(c: ExperimentConfig) -> None:
         f"--proximal_strength must be >= 0, got {c.proximal_strength}",
     )
     _check(c.ditto_lambda >= 0, f"--ditto_lambda must be >= 0, got {c.ditto_lambda}")
-    try:
+    with _as_config_error():
         importlib.import_module("tff_vision.algorithms").check_combination(
             c.algorithm,
             norm=c.norm,
@@ -107,8 +113,6 @@ def _check_algorithm(c: ExperimentConfig) -> None:
             distributed=bool(c.workers or c.local_workers),
             ema_decay=c.ema_decay,
         )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 def _check_privacy(c: ExperimentConfig) -> None:
@@ -122,7 +126,7 @@ def _check_privacy(c: ExperimentConfig) -> None:
         f"--dp_delta must be in (0, 1), or 0 for 1/num_clients^1.1; got {c.dp_delta}",
     )
     aggregators = importlib.import_module("tff_vision.aggregators")
-    try:
+    with _as_config_error():
         aggregators.parse_dp_clip(c.dp_clip)
         if c.aggregator == "dp":
             aggregators.check_dp_settings(
@@ -131,8 +135,6 @@ def _check_privacy(c: ExperimentConfig) -> None:
                 c.clients_per_round or c.num_clients,
                 c.dp_target_quantile,
             )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 def _check_schedule(c: ExperimentConfig) -> None:
