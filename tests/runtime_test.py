@@ -1,6 +1,7 @@
 """Process hygiene: no TFF worker_binary outlives its owner, on any exit path."""
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -264,6 +265,37 @@ class OpDeterminismTest(absltest.TestCase):
     def test_unknown_mode_is_refused(self):
         with self.assertRaisesRegex(ValueError, "auto, on, off"):
             devices.set_op_determinism("always")
+
+
+class DeviceDescriptionTest(absltest.TestCase):
+    """Summaries name the hardware: oneDNN's kernels, hence the last bits, follow the CPU."""
+
+    _CPUINFO = (
+        "processor\t: 0\nmodel name\t: Example Xeon\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16\n\n"
+        "processor\t: 1\nmodel name\t: Example Xeon\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16\n"
+    )
+
+    def test_names_the_model_and_the_instruction_sets_that_pick_kernels(self):
+        self.assertEqual(
+            devices.cpu_description(self._CPUINFO), "Example Xeon, avx2 avx512f amx_bf16"
+        )
+        self.assertEqual(
+            devices.cpu_description("model name : Old\nflags : fpu sse2\n"), "Old, no avx2"
+        )
+
+    def test_without_cpuinfo_the_features_are_said_unknown(self):
+        self.assertEndsWith(devices.cpu_description(""), ", instruction sets unknown")
+
+    def test_this_machine_is_described_in_the_device_string(self):
+        description = devices.configure_devices(verbose=False)
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+        if not tf.config.list_physical_devices("GPU"):
+            self.assertEqual(
+                description, f"CPU ({os.cpu_count()} cores: {devices.cpu_description()})"
+            )
+            if pathlib.Path("/proc/cpuinfo").exists():
+                self.assertNotIn("unknown", description)
 
 
 if __name__ == "__main__":

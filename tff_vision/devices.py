@@ -8,10 +8,16 @@ also passed to the TFF workers started afterwards (`runtime` reads
 from __future__ import annotations
 
 import os
+import pathlib
+import platform
 
 from absl import logging
 
 OP_DETERMINISM_MODES = ("auto", "on", "off")
+
+# CPU features that decide which kernels oneDNN (TF's CPU backend) runs: results can differ
+# in their last bits between CPUs that differ in these.
+_CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 # Whether TF op determinism is on (`set_op_determinism`); workers started later follow it.
 _op_determinism = False
@@ -75,19 +81,52 @@ def set_mixed_precision(enabled: bool) -> str:
 
 
 def configure_devices(verbose: bool = True) -> str:
-    """Enables GPU memory growth when a GPU is present; returns a description."""
+    """Enables GPU memory growth when a GPU is present; returns a description.
+
+    The description names the GPUs, or the CPU with `cpu_description`, so that
+    every summary says on what hardware its numbers were computed.
+    """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     gpus = tf.config.list_physical_devices("GPU")
+    names = []
     for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # Already initialized.
             pass
-    description = f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
+        names.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
+    if gpus:
+        description = f"{len(gpus)} GPU(s): {', '.join(names)}"
+    else:
+        description = f"CPU ({os.cpu_count()} cores: {cpu_description()})"
     if verbose:
         logging.info("devices: %s", description)
     return description
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and which of `_CPU_FEATURES` it has, e.g. "Xeon, avx2 avx512f".
+
+    oneDNN chooses its convolution and matrix kernels by these instruction sets
+    (and cache sizes) when the process starts, so the same run on two CPU types
+    can differ in the last bits, and after many rounds in the third decimal.
+    `cpuinfo` is the text of /proc/cpuinfo (read when None); where there is none
+    (not Linux), the model is `platform.processor()` and the features are unknown.
+    """
+    if cpuinfo is None:
+        path = pathlib.Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition(":") for line in cpuinfo.splitlines())
+        if value
+    )
+    model = fields.get("model name") or platform.processor() or "unknown model"
+    if "flags" not in fields:
+        return f"{model}, instruction sets unknown"
+    flags = set(fields["flags"].split())
+    return f"{model}, {' '.join(f for f in _CPU_FEATURES if f in flags) or 'no avx2'}"
 
 
 def quiet_tensorflow() -> None:
