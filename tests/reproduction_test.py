@@ -120,6 +120,7 @@ class TrainTest(absltest.TestCase):
         again = reproduction.train(self.ds, 1, self.tmp / "cut", _PROTOCOL, printer=lines.append)
         self.assertEqual(again, json.loads((self.tmp / "cut" / "summary.json").read_text()))
         self.assertIn("finished earlier", lines[0])
+        self.assertIn(f"epoch {whole['selected_round']}  test_acc ", lines[0])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tff_vision import baselines, client_data, fileio, intervals, models, selection
+from tff_vision import baselines, client_data, fileio, intervals, models, outputs, selection
 from tff_vision.data import ImageDataset
 
 # MedMNIST v2, Table 3 (ResNet-18 (28) rows): test (ACC, AUC).
@@ -83,7 +83,11 @@ def train(
     summary_path = out / "summary.json"
     previous = fileio.read_json(summary_path)
     if previous is not None:
-        printer(f"[{dataset.name} seed {seed}] finished earlier: {summary_path}")
+        printer(
+            f"[{dataset.name} seed {seed}] finished earlier "
+            f"({out.parent.name}/{out.name}/summary.json): epoch {previous['selected_round']}  "
+            + outputs.format_result(previous)
+        )
         return previous
     start = time.monotonic()
     model = build_model(dataset, seed)
