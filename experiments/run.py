@@ -29,6 +29,7 @@ Exit status: 0 done, 2 bad input (one-line error), 130 interrupted.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -65,9 +66,11 @@ def config_from_flags() -> config_lib.ExperimentConfig:
 def run_parsed(argv: list[str]) -> int:
     """Runs the experiment the parsed flags ask for; returns the exit status.
 
-    0 done; 2 bad input, after one `error: ...` line on stderr; 130 on Ctrl-C,
-    after a line saying how to resume. TFF's workers are stopped however it
-    ends. `experiments.cell_host` runs sweep cells through this same function.
+    0 done; 2 bad input, after one `error: ...` line on stderr; stopped by
+    Ctrl-C, SIGTERM or SIGHUP (a scheduler's preemption), 128 + the signal
+    (130, 143, 129) after a line saying how to resume. TFF's workers are
+    stopped however it ends. `experiments.cell_host` runs sweep cells through
+    this same function.
     """
     interrupts.install_interrupt_guard()
     if not FLAGS["verbosity"].present:
@@ -81,17 +84,20 @@ def run_parsed(argv: list[str]) -> int:
     except _INPUT_ERRORS as e:
         return _error(str(e))
     try:
-        experiment.run_setup(setup)
+        with interrupts.signals_interrupt():
+            experiment.run_setup(setup)
     except (config_lib.ConfigError, runtime.RuntimeSetupError) as e:  # E.g. a worker not up.
         return _error(str(e))
     except KeyboardInterrupt:
         runtime.shutdown()
+        status = interrupts.exit_status()
         print(
-            "interrupted: rerun the same command to resume from the last checkpoint",
+            f"interrupted ({signal.Signals(status - 128).name}): rerun the same command to "
+            "resume from the last checkpoint",
             file=sys.stderr,
             flush=True,
         )
-        return 130
+        return status
     finally:
         runtime.shutdown()
     return 0

@@ -349,6 +349,7 @@ class AttemptTest(parameterized.TestCase):
         (-99, False, False, "", ("failed", "killed by signal 99")),
         (130, False, True, "", ("partial", "interrupted")),
         (-signal.SIGTERM, False, True, "x", ("partial", "interrupted")),
+        (128 + signal.SIGTERM, False, True, "x", ("partial", "interrupted")),  # Its clean stop.
         (1, False, True, "boom", ("failed", "exit 1: boom")),  # Failed before the stop.
     )
     def test_attempt_status(self, code, finished, interrupted, last_line, expected):

@@ -5,22 +5,33 @@ when that is inside a garbage-collector callback (JAX, which TFF imports,
 registers one) or a `__del__`, Python prints "Exception ignored in ..." and
 carries on. `install_interrupt_guard()` remembers every SIGINT, and long loops
 call `raise_if_interrupted()`, so a swallowed Ctrl-C still stops the run at
-the next round.
+the next round. `signals_interrupt()` makes SIGTERM and SIGHUP (a batch
+scheduler's preemption, a closed terminal) stop a run the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 
 # A SIGINT arrived (see `install_interrupt_guard`); its KeyboardInterrupt may have been swallowed.
 _interrupted = False
+# The last signal that stopped the run (SIGINT unless `signals_interrupt` saw another).
+_stop_signal = signal.SIGINT
 
 
 def _on_sigint(signum, frame) -> None:
-    global _interrupted
-    _interrupted = True
+    global _interrupted, _stop_signal
+    _interrupted, _stop_signal = True, signal.SIGINT
     signal.default_int_handler(signum, frame)  # Raises KeyboardInterrupt.
+
+
+def _on_stop_signal(signum, frame) -> None:  # pylint: disable=unused-argument
+    global _interrupted, _stop_signal
+    _interrupted, _stop_signal = True, signal.Signals(signum)
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def install_interrupt_guard() -> None:
@@ -44,4 +55,27 @@ def raise_if_interrupted() -> None:
     global _interrupted
     if _interrupted:
         _interrupted = False
-        raise KeyboardInterrupt("interrupted (SIGINT)")
+        raise KeyboardInterrupt(f"interrupted ({_stop_signal.name})")
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Within it, SIGTERM and SIGHUP stop the main thread as Ctrl-C does (KeyboardInterrupt).
+
+    The handlers before it come back afterwards; off the main thread it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = (signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, _on_stop_signal) for s in stops}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def exit_status() -> int:
+    """The shell's status for a run stopped by the last stop signal: 128 + its number."""
+    return 128 + int(_stop_signal)

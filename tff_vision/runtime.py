@@ -84,12 +84,11 @@ _restart = None
 
 def _make_stub(target: str, worker: LocalWorker | None = None, timeout: float = 60.0):
     import grpc  # pylint: disable=g-import-not-at-top
-    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
     channel = grpc.insecure_channel(target, _GRPC_OPTIONS)
     with _lock:
         _channels.append(channel)
-    stub = tff.framework.RemoteExecutorGrpcStub(channel)
+    stub = _disposal_tolerant_stub(channel)
     deadline = time.monotonic() + timeout
     while not stub.is_ready:
         if worker is not None and not worker.alive():
@@ -102,6 +101,27 @@ def _make_stub(target: str, worker: LocalWorker | None = None, timeout: float = 
             )
         time.sleep(0.1)
     return stub
+
+
+def _disposal_tolerant_stub(channel):
+    """TFF's gRPC stub, except that releasing a value over a closed channel does nothing.
+
+    TFF releases a worker's value from a weakref finalizer whenever Python drops
+    the value's handle. After `shutdown` closed the channel (at exit, on a stop
+    signal), each such release fails with "Cannot invoke RPC on closed channel!",
+    which Python prints as an "Exception ignored" traceback. The values end with
+    the worker, so there is nothing left to release.
+    """
+    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+    class _Stub(tff.framework.RemoteExecutorGrpcStub):
+        def dispose(self, request):
+            try:
+                return super().dispose(request)
+            except ValueError:  # grpc's error for a closed channel.
+                return None
+
+    return _Stub(channel)
 
 
 def _executor_factory(stub, default_num_clients: int = 0):

@@ -15,10 +15,11 @@ import concurrent.futures
 import sys
 from collections.abc import Callable, Sequence
 
+from tff_vision import interrupts
 from tff_vision.sweep import terminal
 from tff_vision.sweep.grid import Cell
 from tff_vision.sweep.launchers import Launcher, LocalLauncher
-from tff_vision.sweep.process import STOP_STEPS, signals_interrupt
+from tff_vision.sweep.process import STOP_STEPS
 from tff_vision.sweep.state import CellResult, Outcome, SweepState
 
 
@@ -96,7 +97,7 @@ class Runner:
     def _run_all(self, todo: Sequence[Cell]) -> bool:
         """Runs `todo` through the launcher, recording each cell as it ends; True if interrupted."""
         futures: list[concurrent.futures.Future] = []
-        with signals_interrupt():
+        with interrupts.signals_interrupt():
             try:
                 futures += [self.launcher.submit(cell) for cell in todo]
                 pending = set(futures)

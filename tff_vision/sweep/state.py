@@ -28,8 +28,10 @@ STATUSES = ("done", "partial", "pending", "failed")
 _FORMAT_VERSION = 1
 # Fixed flags that do not change results: a rerun may differ in these.
 _NON_RESULT_FLAGS = frozenset({"data_dir"})
-# Exit codes of a run stopped by the sweep (SIGINT: exit 130 after its last checkpoint).
-_INTERRUPTED_CODES = frozenset({130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL})
+# Exit codes of a run the sweep stopped (SIGINT, SIGTERM: 130, 143 after its last checkpoint).
+_INTERRUPTED_CODES = frozenset(
+    {130, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL}
+)
 
 
 def timestamp() -> str:
