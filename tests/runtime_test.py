@@ -11,7 +11,7 @@ import time
 import psutil
 from absl.testing import absltest
 
-from tff_vision import devices, runtime
+from tff_vision import devices, interrupts, runtime
 
 _SCRIPT = textwrap.dedent(
     """
@@ -176,6 +176,34 @@ class InterruptGuardTest(absltest.TestCase):
         result = self._run("none")
         self.assertIn("KeyboardInterrupt", result.stderr)
         self.assertEqual(result.stdout.split(), ["still", "running", "end"])
+
+
+class StopSignalsTest(absltest.TestCase):
+    """`signals_interrupt`: SIGTERM stops as Ctrl-C does; an ignored SIGHUP (nohup) stays so."""
+
+    def test_sigterm_raises_keyboard_interrupt_and_sets_the_exit_status(self):
+        before = signal.getsignal(signal.SIGTERM)
+        with self.assertRaises(KeyboardInterrupt):
+            with interrupts.signals_interrupt():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # The handler raises before this ends.
+        self.assertEqual(interrupts.exit_status(), 143)
+        with self.assertRaises(KeyboardInterrupt):  # The flag, for a swallowed one.
+            interrupts.raise_if_interrupted()
+        self.assertEqual(signal.getsignal(signal.SIGTERM), before)
+        interrupts.install_interrupt_guard()  # As the next run starts: a Ctrl-C is presumed.
+        self.assertEqual(interrupts.exit_status(), 130)
+
+    def test_an_ignored_signal_stays_ignored(self):
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            with interrupts.signals_interrupt():
+                self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(0.1)
+            self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
+        finally:
+            signal.signal(signal.SIGHUP, previous)
 
 
 class RestartTest(absltest.TestCase):

@@ -39,8 +39,11 @@ def install_interrupt_guard() -> None:
 
     For programs that end on Ctrl-C (the runners). Only replaces Python's
     default SIGINT handler, and only from the main thread: a notebook's or a
-    caller's own handler is left alone.
+    caller's own handler is left alone. A run calls it as it starts, so that
+    `exit_status` forgets the signal that stopped an earlier run of this process.
     """
+    global _stop_signal
+    _stop_signal = signal.SIGINT
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -62,12 +65,13 @@ def raise_if_interrupted() -> None:
 def signals_interrupt() -> Iterator[None]:
     """Within it, SIGTERM and SIGHUP stop the main thread as Ctrl-C does (KeyboardInterrupt).
 
-    The handlers before it come back afterwards; off the main thread it does nothing.
+    A signal that is ignored stays ignored (SIGHUP under `nohup`). The handlers
+    before it come back afterwards; off the main thread it does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    stops = (signal.SIGTERM, signal.SIGHUP)
+    stops = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN]
     previous = {s: signal.signal(s, _on_stop_signal) for s in stops}
     try:
         yield
