@@ -24,7 +24,7 @@ Other algorithms, e.g.:
 Outputs in --output_dir: flags.json, partition.csv, metrics.csv (one row per
 round), summary.json, curves.png, confusion_matrix.png, tb/ (TensorBoard) and
 checkpoints/. Rerunning the same command resumes from the last checkpoint.
-Exit status: 0 done, 2 bad input (one-line error), 130 interrupted.
+Exit status: 0 done, 2 bad input (one-line error), 130 interrupted (143 on SIGTERM).
 """
 
 from __future__ import annotations
