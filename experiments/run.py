@@ -29,7 +29,6 @@ Exit status: 0 done, 2 bad input (one-line error), 130 interrupted (143 on SIGTE
 
 from __future__ import annotations
 
-import signal
 import sys
 
 from absl import app, flags, logging
@@ -90,14 +89,14 @@ def run_parsed(argv: list[str]) -> int:
         return _error(str(e))
     except KeyboardInterrupt:
         runtime.shutdown()
-        status = interrupts.exit_status()
+        stopped = interrupts.stop_signal()
         print(
-            f"interrupted ({signal.Signals(status - 128).name}): rerun the same command to "
-            "resume from the last checkpoint",
+            f"interrupted ({stopped.name}): rerun the same command to resume from the last "
+            "checkpoint",
             file=sys.stderr,
             flush=True,
         )
-        return status
+        return 128 + stopped
     finally:
         runtime.shutdown()
     return 0

@@ -181,18 +181,18 @@ class InterruptGuardTest(absltest.TestCase):
 class StopSignalsTest(absltest.TestCase):
     """`signals_interrupt`: SIGTERM stops as Ctrl-C does; an ignored SIGHUP (nohup) stays so."""
 
-    def test_sigterm_raises_keyboard_interrupt_and_sets_the_exit_status(self):
+    def test_sigterm_raises_keyboard_interrupt_and_is_remembered(self):
         before = signal.getsignal(signal.SIGTERM)
         with self.assertRaises(KeyboardInterrupt):
             with interrupts.signals_interrupt():
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(5)  # The handler raises before this ends.
-        self.assertEqual(interrupts.exit_status(), 143)
+        self.assertEqual(interrupts.stop_signal(), signal.SIGTERM)  # Exit status 143.
         with self.assertRaises(KeyboardInterrupt):  # The flag, for a swallowed one.
             interrupts.raise_if_interrupted()
         self.assertEqual(signal.getsignal(signal.SIGTERM), before)
         interrupts.install_interrupt_guard()  # As the next run starts: a Ctrl-C is presumed.
-        self.assertEqual(interrupts.exit_status(), 130)
+        self.assertEqual(interrupts.stop_signal(), signal.SIGINT)
 
     def test_an_ignored_signal_stays_ignored(self):
         previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -40,7 +40,7 @@ def install_interrupt_guard() -> None:
     For programs that end on Ctrl-C (the runners). Only replaces Python's
     default SIGINT handler, and only from the main thread: a notebook's or a
     caller's own handler is left alone. A run calls it as it starts, so that
-    `exit_status` forgets the signal that stopped an earlier run of this process.
+    `stop_signal` forgets the signal that stopped an earlier run of this process.
     """
     global _stop_signal
     _stop_signal = signal.SIGINT
@@ -80,6 +80,6 @@ def signals_interrupt() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def exit_status() -> int:
-    """The shell's status for a run stopped by the last stop signal: 128 + its number."""
-    return 128 + int(_stop_signal)
+def stop_signal() -> signal.Signals:
+    """The signal that stopped this run: SIGINT unless `signals_interrupt` saw another."""
+    return _stop_signal
