@@ -63,6 +63,7 @@ class DeclarationTest(absltest.TestCase):
             "local_workers",
             "restart_workers_every",
             "worker_concurrency",
+            "lean_memory",
         )
         for name in left_out:
             self.assertNotIn(name, fields)

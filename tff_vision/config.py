@@ -312,12 +312,21 @@ class RuntimeSettings:
     )
     worker_concurrency: int = option(
         0,
-        "Computations a local TFF worker runs at once (0 = no limit: all clients of a round "
-        "train together). 1 trains them one after another: less memory for large models "
-        "(ResNet-18: ~0.5 GB less per worker), slower rounds for small ones. Results do not "
-        "change.",
+        "Computations a local TFF worker runs at once (0 = automatic: 1 with lean memory, else "
+        "no limit, so that all clients of a round train together). 1 trains them one after "
+        "another: less memory for large models (ResNet-18: ~0.5 GB less per worker), slower "
+        "rounds for small ones. Results do not change.",
         lower_bound=0,
-        bound_note="0 = no limit",
+        bound_note="0 = automatic",
+        affects_results=False,
+    )
+    lean_memory: str = option(
+        "auto",
+        "Keep the run's peak memory low: build the federated process in a fresh process, train "
+        "one client at a time per local worker, return large freed blocks to the OS at once. "
+        "auto = on for every model but the small CNN. Off saves a few seconds per run, and "
+        "round time with small models. Results do not change.",
+        choices=_from("memory", "LEAN_MEMORY_MODES"),
         affects_results=False,
     )
     # On and off differ in the last bits (each reproduces exactly on CPU), so both are recorded.

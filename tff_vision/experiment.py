@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tff_vision import data as data_lib
-from tff_vision import devices, dirlock, fileio
+from tff_vision import devices, dirlock, fileio, memory
 from tff_vision import partition as partition_lib
 from tff_vision.config import ConfigError, ExperimentConfig
 
@@ -76,39 +76,50 @@ def prepare_output_dir(config: ExperimentConfig) -> pathlib.Path:
 
 @dataclasses.dataclass
 class Setup:
-    """Everything validated and loaded, before anything is written."""
+    """Everything validated and loaded, before anything is written.
+
+    `lean_memory`: whether the run keeps its memory low (`tff_vision.memory`).
+    """
 
     config: ExperimentConfig
     dataset: data_lib.ImageDataset
     partition: partition_lib.Partition
     output_dir: pathlib.Path
+    lean_memory: bool = False
 
 
 def setup(config: ExperimentConfig, allow_download: bool = True) -> Setup:
     """Validates the config, loads the data and partitions it. Writes nothing.
 
+    With lean memory, the first TensorFlow tensor of the process is allocated
+    here (see `memory.system_tensor_allocator`).
+
     Raises:
         ConfigError, data.DataError, partition.PartitionError, models.ModelError.
     """
     config.validate()
-    dataset = data_lib.load(
-        config.dataset, config.size, data_dir=config.data_dir, allow_download=allow_download
-    )
-    partition = partition_lib.make_partition(
-        config.partition,
-        dataset.train.labels,
-        num_clients=config.num_clients,
-        num_classes=dataset.num_classes,
-        seed=config.seed,
-        exclude=config.exclude or None,
-    )
-    if config.clients_per_round > config.num_clients:
-        raise ConfigError(
-            f"--clients_per_round={config.clients_per_round} exceeds --num_clients="
-            f"{config.num_clients}; use 0 for all clients"
+    lean = memory.is_lean(config.lean_memory, config.model)
+    if lean:
+        memory.return_large_blocks()
+    with memory.system_tensor_allocator(lean):
+        dataset = data_lib.load(
+            config.dataset, config.size, data_dir=config.data_dir, allow_download=allow_download
         )
-    build_model(config, dataset)  # Building once checks the model against the data.
-    return Setup(config, dataset, partition, prepare_output_dir(config))
+        partition = partition_lib.make_partition(
+            config.partition,
+            dataset.train.labels,
+            num_clients=config.num_clients,
+            num_classes=dataset.num_classes,
+            seed=config.seed,
+            exclude=config.exclude or None,
+        )
+        if config.clients_per_round > config.num_clients:
+            raise ConfigError(
+                f"--clients_per_round={config.clients_per_round} exceeds --num_clients="
+                f"{config.num_clients}; use 0 for all clients"
+            )
+        build_model(config, dataset)  # Building once checks the model against the data.
+    return Setup(config, dataset, partition, prepare_output_dir(config), lean)
 
 
 def build_model(config: ExperimentConfig, dataset: data_lib.ImageDataset):
@@ -120,10 +131,16 @@ def build_model(config: ExperimentConfig, dataset: data_lib.ImageDataset):
     Raises:
         models.ModelError: If the model does not fit the data.
     """
+    return model_builder(config, dataset)()
+
+
+def model_builder(config: ExperimentConfig, dataset: data_lib.ImageDataset) -> Callable[[], Any]:
+    """`build_model` for this config and dataset as a picklable callable that holds no data."""
     # Imported on use: importing this module loads no TF, and `setup` loads it after validation.
     from tff_vision import models  # pylint: disable=g-import-not-at-top
 
-    return models.build_model(
+    return functools.partial(
+        models.build_model,
         config.model,
         dataset.input_shape,
         dataset.num_classes,
@@ -180,11 +197,13 @@ def _run_stages(s: Setup, printer: Callable[[str], None]) -> dict[str, Any]:
     device, machine = _configure_tf(config)
     outputs.write_start(config, dataset, partition, out, machine, printer)
     parts = federated_stage.build_parts(config, dataset, partition, printer)
-    build = functools.partial(build_model, config, dataset)
+    build = model_builder(config, dataset)
     held_out = selection.held_out(
         dataset, partition.client_classes, config.seed, config.test_time_flips
     )
-    fed = federated_stage.run_federated(config, parts, build, held_out, out, printer)
+    fed = federated_stage.run_federated(
+        config, parts, build, held_out, out, printer, lean_memory=s.lean_memory
+    )
     jobs = baselines.baseline_jobs(config, dataset, parts.data)
     results = baselines.run_baselines(config, jobs, build, held_out, parts.schedule, out, printer)
     personalized = None

@@ -13,6 +13,7 @@ traced functions): it is the order the experiment has always used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,10 @@ from tff_vision import (
     algorithms,
     client_data,
     communication,
+    devices,
     evaluation,
+    fresh_process,
+    memory,
     privacy,
     process_cache,
     runtime,
@@ -93,26 +97,50 @@ def build_parts(
     data = round_data(config, dataset, partition)
     if data.steps:
         printer(f"local steps per round: {data.steps}")
-    schedule = algorithms.learning_rate_schedule(
-        config.client_lr_schedule, config.client_lr, config.rounds
-    )
-    client_optimizer = _client_optimizer(config, schedule)
-    server = config.server_optimizer_spec()
-    clients_per_round = min(config.clients_per_round or config.num_clients, config.num_clients)
-    aggregator = aggregators.build_aggregator(
-        config.aggregator,
-        clients_per_round=clients_per_round,
-        dp_noise_multiplier=config.dp_noise_multiplier,
-        dp_clip=config.dp_clip,
-        dp_target_quantile=config.dp_target_quantile,
-        noise_seed=client_data.derive_seed(config.seed, "dp-noise"),
-    )
-    settings = algorithm_settings(config, server, data.steps)
+    inputs = _ProcessInputs.of(config)
+    settings = algorithm_settings(config, inputs.server, data.steps)
     printer("algorithm: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "steps"))
     accounting = _accounting(config, printer)
     return FederatedParts(
-        data, schedule, client_optimizer, server, aggregator, accounting, settings
+        data,
+        inputs.schedule,
+        inputs.client_optimizer,
+        inputs.server,
+        inputs.aggregator,
+        accounting,
+        settings,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProcessInputs:
+    """The optimizers, schedule and aggregator of `config`'s process: a function of it alone."""
+
+    schedule: Callable[[int], Any] | None
+    client_optimizer: Any
+    server: algorithms.ServerOptimizerSpec
+    aggregator: aggregators.Aggregator
+
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> _ProcessInputs:
+        schedule = algorithms.learning_rate_schedule(
+            config.client_lr_schedule, config.client_lr, config.rounds
+        )
+        clients_per_round = min(config.clients_per_round or config.num_clients, config.num_clients)
+        aggregator = aggregators.build_aggregator(
+            config.aggregator,
+            clients_per_round=clients_per_round,
+            dp_noise_multiplier=config.dp_noise_multiplier,
+            dp_clip=config.dp_clip,
+            dp_target_quantile=config.dp_target_quantile,
+            noise_seed=client_data.derive_seed(config.seed, "dp-noise"),
+        )
+        return cls(
+            schedule,
+            _client_optimizer(config, schedule),
+            config.server_optimizer_spec(),
+            aggregator,
+        )
 
 
 def _client_optimizer(config: ExperimentConfig, schedule) -> Any:
@@ -180,23 +208,33 @@ def run_federated(
     held_out: selection.HeldOut,
     out: pathlib.Path,
     printer: Printer,
+    *,
+    lean_memory: bool = False,
 ) -> training.FederatedOutcome:
     """Builds the process and trains it for --rounds (resuming), on the configured workers.
 
-    `build_model` returns the experiment's freshly initialized Keras model;
-    each evaluation scores it on `held_out`'s test and val splits (with DP,
-    the test evaluation also records epsilon after its round) and the round
-    reported is chosen by --select.
+    `build_model` returns the experiment's freshly initialized Keras model
+    (picklable, for a lean build); each evaluation scores it on `held_out`'s
+    test and val splits (with DP, the test evaluation also records epsilon
+    after its round) and the round reported is chosen by --select. With
+    `lean_memory`, the process is built in a fresh process and the workers are
+    lean (`tff_vision.memory`).
     """
     evaluate: EvalFn = held_out.evaluate_test
     if parts.accounting is not None:
         evaluate = with_epsilon(evaluate, parts.accounting, parts.data, config.rounds)
-    _start_execution_context(config, out, printer)
-    try:
-        process, client_bytes = process_cache.get_or_build(
-            process_key(config, parts.data.element_spec),
-            lambda: _build_process(config, parts, build_model),
+    spec = parts.data.element_spec
+    build = functools.partial(build_process, config, spec, build_model)
+    if lean_memory:
+        printer(
+            "lean memory: the process is built in a fresh one, a worker trains "
+            f"{config.worker_concurrency or 1} client(s) at a time (--lean_memory=off: faster)"
         )
+        build = functools.partial(fresh_process.call, functools.partial(_build_fresh, build))
+    # Built before the workers start, so that a fresh process forks before gRPC has threads.
+    process, client_bytes = process_cache.get_or_build(process_key(config, spec), build)
+    _start_execution_context(config, out, printer, lean_memory)
+    try:
         eval_model = build_model()
         trainer = training.FederatedTrainer(
             process,
@@ -254,22 +292,23 @@ def process_key(config: ExperimentConfig, element_spec) -> tuple:
     return settings, repr(element_spec), noise_seed
 
 
-def _build_process(
-    config: ExperimentConfig, parts: FederatedParts, build_model: Callable[[], tf.keras.Model]
+def build_process(
+    config: ExperimentConfig, element_spec, build_model: Callable[[], tf.keras.Model]
 ) -> tuple[Any, communication.RoundBytes]:
     """The algorithm's learning process and what a client moves per round in it."""
+    inputs = _ProcessInputs.of(config)
     process = algorithms.build_process(
         config.algorithm,
         keras_model.model_fn(
             build_model,
-            parts.data.element_spec,
+            element_spec,
             skip_random_init=True,
             label_smoothing=config.label_smoothing,
         ),
-        client_optimizer=parts.client_optimizer,
-        server_optimizer=parts.server,
-        client_learning_rate_fn=parts.schedule,
-        model_aggregator=None if config.aggregator == "mean" else parts.aggregator,
+        client_optimizer=inputs.client_optimizer,
+        server_optimizer=inputs.server,
+        client_learning_rate_fn=inputs.schedule,
+        model_aggregator=None if config.aggregator == "mean" else inputs.aggregator,
         proximal_strength=config.proximal_strength,
         client_learning_rate=config.client_lr,
         client_momentum=config.client_momentum,
@@ -282,12 +321,28 @@ def _build_process(
     return process, communication.client_bytes(process)
 
 
-def _start_execution_context(config: ExperimentConfig, out: pathlib.Path, printer: Printer) -> None:
+def _build_fresh(build: functools.partial) -> tuple[Any, communication.RoundBytes]:
+    """`build()` in a fresh process, with TensorFlow set as `experiment` sets it for a run."""
+    config: ExperimentConfig = build.args[0]
+    devices.configure_devices(verbose=False)
+    devices.set_op_determinism(config.op_determinism)
+    devices.set_mixed_precision(config.mixed_precision)
+    return build()
+
+
+def _start_execution_context(
+    config: ExperimentConfig, out: pathlib.Path, printer: Printer, lean_memory: bool
+) -> None:
     """TFF's execution context for the run: one local worker, or several (--workers...)."""
-    concurrency = config.worker_concurrency or -1  # The worker's flag: nonpositive = no limit.
+    # The worker's flag: nonpositive = no limit.
+    concurrency = config.worker_concurrency or (1 if lean_memory else -1)
+    env = memory.worker_env() if lean_memory else None
     if config.local_workers:
         workers = runtime.start_local_multi_worker_context(
-            config.local_workers, max_concurrent_computation_calls=concurrency, log_dir=out
+            config.local_workers,
+            max_concurrent_computation_calls=concurrency,
+            log_dir=out,
+            env=env,
         )
         printer(f"TFF workers: {', '.join(w.target for w in workers)} (local, private network)")
     elif config.workers:
@@ -295,7 +350,7 @@ def _start_execution_context(config: ExperimentConfig, out: pathlib.Path, printe
         printer(f"TFF workers: {', '.join(config.workers)} (remote, unauthenticated gRPC)")
     else:
         runtime.start_local_context(
-            max_concurrent_computation_calls=concurrency, log_path=out / "worker.log"
+            max_concurrent_computation_calls=concurrency, log_path=out / "worker.log", env=env
         )
 
 
