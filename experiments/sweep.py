@@ -35,7 +35,7 @@ other flags.
 
 Exit status: 0 all cells done, 1 some cell failed (the others still ran),
 2 bad sweep flags or no reachable Ray cluster (one-line error, nothing run),
-130 interrupted.
+130 interrupted (143 on SIGTERM).
 """
 
 from __future__ import annotations

@@ -84,8 +84,7 @@ class ProcessPickleTest(fl_testing.LocalContextTestCase):
         # are compared by what they compute: a round from the same initial weights.
         args, data = _build_args("fedavg", with_data=True)
         here, _ = federated_stage.build_process(*args)
-        build = functools.partial(federated_stage.build_process, *args)
-        there, _ = fresh_process.call(functools.partial(federated_stage._build_fresh, build))
+        there, _ = fresh_process.call(functools.partial(federated_stage._build_fresh, *args))
         weights = keras_model.initial_weights(args[2]())
         outputs = []
         for process in (here, there):

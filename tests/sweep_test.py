@@ -485,7 +485,8 @@ class RunnerTest(parameterized.TestCase):
         earliest_end = min(end for _, end in spans)
         self.assertLess(latest_start, earliest_end, "the three cells never ran at the same time")
 
-    def test_interrupt_stops_cells_records_partial(self):
+    @parameterized.parameters((signal.SIGINT, 130), (signal.SIGTERM, 143))
+    def test_interrupt_stops_cells_records_partial(self, stop, exit_code):
         cells = sweep.expand_grid(["iid"], ["slow", "stubborn", "fedavg"], ["cnn"], [0], {})
         runner = self._runner(
             cells, max_parallel=2, stop_steps=((signal.SIGINT, 1.0), (signal.SIGTERM, 5.0))
@@ -498,13 +499,14 @@ class RunnerTest(parameterized.TestCase):
             while not all(p.exists() for p in started) and time.monotonic() < deadline:
                 time.sleep(0.02)
             pids.extend(runner.running_pids())
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: KeyboardInterrupt in this thread.
+            os.kill(os.getpid(), stop)  # KeyboardInterrupt in the runner's thread.
 
         thread = threading.Thread(target=interrupt)
         thread.start()
         outcome = runner.run()
         thread.join()
-        self.assertEqual(outcome.exit_code, 130)
+        self.assertEqual(outcome.exit_code, exit_code)
+        self.assertTrue(outcome.stopped)
         self.assertLen(pids, 2)
         self.assertFalse([p for p in pids if psutil.pid_exists(p)])  # Stopped and reaped.
         records = self._records()

@@ -99,8 +99,6 @@ def setup(config: ExperimentConfig, allow_download: bool = True) -> Setup:
     """
     config.validate()
     lean = memory.is_lean(config.lean_memory, config.model)
-    if lean:
-        memory.return_large_blocks()
     with memory.system_tensor_allocator(lean):
         dataset = data_lib.load(
             config.dataset, config.size, data_dir=config.data_dir, allow_download=allow_download

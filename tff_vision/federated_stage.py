@@ -223,6 +223,51 @@ def run_federated(
     evaluate: EvalFn = held_out.evaluate_test
     if parts.accounting is not None:
         evaluate = with_epsilon(evaluate, parts.accounting, parts.data, config.rounds)
+    # Built before the workers start, so that a fresh process forks before gRPC has threads.
+    process, client_bytes = _get_process(config, parts, build_model, lean_memory, printer)
+    _start_execution_context(config, out, printer, lean_memory)
+    try:
+        with memory.large_blocks_returned(lean_memory):
+            eval_model = build_model()
+            trainer = training.FederatedTrainer(
+                process,
+                parts.data,
+                rounds=config.rounds,
+                eval_model=eval_model,
+                evaluate=evaluate,
+                output_dir=out,
+                initial_weights=keras_model.initial_weights(eval_model),
+                clients_per_round=config.clients_per_round,
+                eval_every=config.eval_every,
+                printer=printer,
+                restart_workers_every=config.restart_workers_every,
+                selection=selection.Selection(
+                    config.select, held_out, out / "checkpoints" / "selected" / "federated.npz"
+                ),
+                client_bytes=client_bytes,
+                ema_decay=config.ema_decay,
+                availability=Availability(
+                    config.client_dropout,
+                    config.partial_work,
+                    client_data.derive_seed(config.seed, "availability"),
+                ),
+            )
+            outcome = trainer.run()
+            if config.personalize_epochs:  # While TFF's context still runs.
+                outcome.client_weights = trainer.client_weights(outcome.state)
+            return outcome
+    finally:
+        runtime.shutdown()
+
+
+def _get_process(
+    config: ExperimentConfig,
+    parts: FederatedParts,
+    build_model: Callable[[], tf.keras.Model],
+    lean_memory: bool,
+    printer: Printer,
+) -> tuple[Any, communication.RoundBytes]:
+    """The run's process from `process_cache`, built here or (lean memory) in a fresh process."""
     spec = parts.data.element_spec
     build = functools.partial(build_process, config, spec, build_model)
     if lean_memory:
@@ -230,41 +275,10 @@ def run_federated(
             "lean memory: the process is built in a fresh one, a worker trains "
             f"{config.worker_concurrency or 1} client(s) at a time (--lean_memory=off: faster)"
         )
-        build = functools.partial(fresh_process.call, functools.partial(_build_fresh, build))
-    # Built before the workers start, so that a fresh process forks before gRPC has threads.
-    process, client_bytes = process_cache.get_or_build(process_key(config, spec), build)
-    _start_execution_context(config, out, printer, lean_memory)
-    try:
-        eval_model = build_model()
-        trainer = training.FederatedTrainer(
-            process,
-            parts.data,
-            rounds=config.rounds,
-            eval_model=eval_model,
-            evaluate=evaluate,
-            output_dir=out,
-            initial_weights=keras_model.initial_weights(eval_model),
-            clients_per_round=config.clients_per_round,
-            eval_every=config.eval_every,
-            printer=printer,
-            restart_workers_every=config.restart_workers_every,
-            selection=selection.Selection(
-                config.select, held_out, out / "checkpoints" / "selected" / "federated.npz"
-            ),
-            client_bytes=client_bytes,
-            ema_decay=config.ema_decay,
-            availability=Availability(
-                config.client_dropout,
-                config.partial_work,
-                client_data.derive_seed(config.seed, "availability"),
-            ),
+        build = functools.partial(
+            fresh_process.call, functools.partial(_build_fresh, config, spec, build_model)
         )
-        outcome = trainer.run()
-        if config.personalize_epochs:  # While TFF's context still runs.
-            outcome.client_weights = trainer.client_weights(outcome.state)
-        return outcome
-    finally:
-        runtime.shutdown()
+    return process_cache.get_or_build(process_key(config, spec), build)
 
 
 # Settings that reach the federated process only through its data, its initial weights
@@ -321,13 +335,14 @@ def build_process(
     return process, communication.client_bytes(process)
 
 
-def _build_fresh(build: functools.partial) -> tuple[Any, communication.RoundBytes]:
-    """`build()` in a fresh process, with TensorFlow set as `experiment` sets it for a run."""
-    config: ExperimentConfig = build.args[0]
+def _build_fresh(
+    config: ExperimentConfig, element_spec, build_model: Callable[[], tf.keras.Model]
+) -> tuple[Any, communication.RoundBytes]:
+    """`build_process` in a fresh process, with TensorFlow set as `experiment` sets it for a run."""
     devices.configure_devices(verbose=False)
     devices.set_op_determinism(config.op_determinism)
     devices.set_mixed_precision(config.mixed_precision)
-    return build()
+    return build_process(config, element_spec, build_model)
 
 
 def _start_execution_context(

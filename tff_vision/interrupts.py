@@ -66,8 +66,12 @@ def signals_interrupt() -> Iterator[None]:
     """Within it, SIGTERM and SIGHUP stop the main thread as Ctrl-C does (KeyboardInterrupt).
 
     A signal that is ignored stays ignored (SIGHUP under `nohup`). The handlers
-    before it come back afterwards; off the main thread it does nothing.
+    before it come back afterwards; off the main thread it does nothing. Within
+    it, `stop_signal` starts again from SIGINT (a Ctrl-C that Python's own
+    handler turns into KeyboardInterrupt names no signal).
     """
+    global _stop_signal
+    _stop_signal = signal.SIGINT
     if threading.current_thread() is not threading.main_thread():
         yield
         return

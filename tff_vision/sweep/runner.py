@@ -65,7 +65,11 @@ class Runner:
         return self.launcher.pids()
 
     def run(self) -> Outcome:
-        """Runs every cell that is not done; returns the outcome (exit code 0, 1 or 130)."""
+        """Runs every cell that is not done; returns the outcome.
+
+        Its exit code: 0, 1 (a cell failed), or 128 + the signal that stopped
+        the sweep (130 on Ctrl-C, 143 on SIGTERM), as `experiments.run`'s.
+        """
         try:
             todo = self._skip_done()
             self._remaining = len(todo)
@@ -73,7 +77,10 @@ class Runner:
         finally:
             self.launcher.close()
         outcome = self._outcome
-        outcome.exit_code = 130 if interrupted else (1 if outcome.failed else 0)
+        if interrupted:
+            outcome.exit_code = 128 + interrupts.stop_signal()
+        else:
+            outcome.exit_code = 1 if outcome.failed else 0
         return outcome
 
     def _print_cell(self, cell: Cell, text: str) -> None:

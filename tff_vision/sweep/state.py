@@ -78,6 +78,11 @@ class Outcome:
     failed: list[str] = dataclasses.field(default_factory=list)
     interrupted: list[str] = dataclasses.field(default_factory=list)
 
+    @property
+    def stopped(self) -> bool:
+        """Whether a signal stopped the sweep (exit code 128 + the signal)."""
+        return self.exit_code >= 128
+
     def add(self, status: str, name: str) -> None:
         """Counts an attempt that ended with `status` (done, failed or partial)."""
         {"done": self.ran, "failed": self.failed, "partial": self.interrupted}[status].append(name)

@@ -71,7 +71,7 @@ def summary_lines(
     counts = dict.fromkeys(STATUSES, 0)
     for cell in cells:
         counts[state.status(cell)] += 1
-    word = "interrupted" if outcome.exit_code == 130 else "finished"
+    word = "interrupted" if outcome.stopped else "finished"
     lines = [
         (
             f"sweep {word} after {format_duration(seconds)}: {len(cells)} cells: "
@@ -87,7 +87,7 @@ def summary_lines(
             lines.append(
                 f"  {cell.name}: {record.get('message', '')} (log: {state.log_path(cell)})"
             )
-    if outcome.exit_code == 130:
+    if outcome.stopped:
         lines.append(
             "rerun the same command to resume: done cells are skipped, partial ones resume"
         )
