@@ -25,7 +25,7 @@ import psutil
 from absl import flags
 from absl.testing import absltest, parameterized
 
-from tff_vision import progress, sweep
+from tff_vision import interrupts, progress, sweep
 from tff_vision.sweep import process, terminal
 
 _FAKE_RUN = textwrap.dedent(
@@ -507,6 +507,7 @@ class RunnerTest(parameterized.TestCase):
         thread.join()
         self.assertEqual(outcome.exit_code, exit_code)
         self.assertTrue(outcome.stopped)
+        interrupts.raise_if_interrupted()  # The stop was handled: a later run is not stopped.
         self.assertLen(pids, 2)
         self.assertFalse([p for p in pids if psutil.pid_exists(p)])  # Stopped and reaped.
         records = self._records()

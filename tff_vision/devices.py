@@ -105,6 +105,19 @@ def configure_devices(verbose: bool = True) -> str:
     return description
 
 
+def configure(op_determinism: str, mixed_precision: bool) -> tuple[str, str]:
+    """Sets TF's devices, op determinism and precision, as a run needs them.
+
+    Returns:
+        The device (`configure_devices`), and a line naming all three.
+    """
+    device = configure_devices(verbose=False)
+    determinism = set_op_determinism(op_determinism)
+    precision = set_mixed_precision(mixed_precision)
+    machine = f"{device}, op determinism {'on' if determinism else 'off'}"
+    return device, machine + (f", {precision}" if mixed_precision else "")
+
+
 def cpu_description(cpuinfo: str | None = None) -> str:
     """The CPU's model name and which of `_CPU_FEATURES` it has, e.g. "Xeon, avx2 avx512f".
 

@@ -227,8 +227,4 @@ def _run_stages(s: Setup, printer: Callable[[str], None]) -> dict[str, Any]:
 
 def _configure_tf(config: ExperimentConfig) -> tuple[str, str]:
     """Sets TF's devices, op determinism and precision; returns the device and all three."""
-    device = devices.configure_devices(verbose=False)
-    determinism = devices.set_op_determinism(config.op_determinism)
-    precision = devices.set_mixed_precision(config.mixed_precision)
-    machine = f"{device}, op determinism {'on' if determinism else 'off'}"
-    return device, machine + (f", {precision}" if config.mixed_precision else "")
+    return devices.configure(config.op_determinism, config.mixed_precision)

@@ -339,9 +339,7 @@ def _build_fresh(
     config: ExperimentConfig, element_spec, build_model: Callable[[], tf.keras.Model]
 ) -> tuple[Any, communication.RoundBytes]:
     """`build_process` in a fresh process, with TensorFlow set as `experiment` sets it for a run."""
-    devices.configure_devices(verbose=False)
-    devices.set_op_determinism(config.op_determinism)
-    devices.set_mixed_precision(config.mixed_precision)
+    devices.configure(config.op_determinism, config.mixed_precision)
     return build_process(config, element_spec, build_model)
 
 

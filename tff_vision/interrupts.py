@@ -68,9 +68,12 @@ def signals_interrupt() -> Iterator[None]:
     A signal that is ignored stays ignored (SIGHUP under `nohup`). The handlers
     before it come back afterwards; off the main thread it does nothing. Within
     it, `stop_signal` starts again from SIGINT (a Ctrl-C that Python's own
-    handler turns into KeyboardInterrupt names no signal).
+    handler turns into KeyboardInterrupt names no signal). A stop that arrived
+    within it has been raised by its end, so a later run in this process (a
+    notebook's next cell, the next test) is not stopped by
+    `raise_if_interrupted` for it.
     """
-    global _stop_signal
+    global _stop_signal, _interrupted
     _stop_signal = signal.SIGINT
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -82,6 +85,7 @@ def signals_interrupt() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        _interrupted = False
 
 
 def stop_signal() -> signal.Signals:
