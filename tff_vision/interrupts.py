@@ -68,10 +68,10 @@ def signals_interrupt() -> Iterator[None]:
     A signal that is ignored stays ignored (SIGHUP under `nohup`). The handlers
     before it come back afterwards; off the main thread it does nothing. Within
     it, `stop_signal` starts again from SIGINT (a Ctrl-C that Python's own
-    handler turns into KeyboardInterrupt names no signal). A stop that arrived
-    within it has been raised by its end, so a later run in this process (a
-    notebook's next cell, the next test) is not stopped by
-    `raise_if_interrupted` for it.
+    handler turns into KeyboardInterrupt names no signal). Where the span ends
+    without an exception, a stop within it was handled there (or came after its
+    work): `raise_if_interrupted` forgets it, so that a later run in this
+    process (a notebook's next cell, the next test) does not stop for it.
     """
     global _stop_signal, _interrupted
     _stop_signal = signal.SIGINT
@@ -82,10 +82,10 @@ def signals_interrupt() -> Iterator[None]:
     previous = {s: signal.signal(s, _on_stop_signal) for s in stops}
     try:
         yield
+        _interrupted = False
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _interrupted = False
 
 
 def stop_signal() -> signal.Signals:
