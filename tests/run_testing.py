@@ -122,6 +122,16 @@ def expected_round(result, log) -> int:
     return int(scored.loc[scored["val_auc"].idxmax(), "round"])
 
 
+def stderr_excerpt(stderr: str, size: int = 3000) -> str:
+    """The end of a run's stderr, or, after a crash, Python's fault report from its start.
+
+    The report's thread stacks come first and its list of extension modules
+    last; the list alone would fill the end.
+    """
+    crash = stderr.find("Fatal Python error")
+    return stderr[crash : crash + size] if crash >= 0 else stderr[-size:]
+
+
 class RunnerTestCase(parameterized.TestCase):
     """A test class whose runs go under `self.tmp`, one temporary directory for the class."""
 
@@ -137,7 +147,7 @@ class RunnerTestCase(parameterized.TestCase):
 
     def assertFinished(self, result: subprocess.CompletedProcess, out: pathlib.Path) -> dict:
         """Asserts that the run exited 0; returns its summary.json."""
-        self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
+        self.assertEqual(result.returncode, 0, msg=stderr_excerpt(result.stderr))
         return json.loads((out / "summary.json").read_text())
 
     def assertOneLineError(self, result: subprocess.CompletedProcess, expected: str) -> None:
