@@ -80,6 +80,18 @@ class _Cluster:
         self.temp_dir = temp_dir
         self.pgids: list[int] = []
         self.address = ""
+        self.taken: set[int] = set()
+
+    def _free_ports(self, count: int) -> list[int]:
+        """`count` consecutive ports, free now and disjoint from those this cluster took."""
+        for _ in range(100):
+            first = portpicker.pick_unused_port()
+            ports = list(range(first, first + count))
+            if ports[-1] < 65536 and self.taken.isdisjoint(ports):
+                if all(portpicker.is_port_free(port) for port in ports[1:]):
+                    self.taken.update(ports)
+                    return ports
+        raise AssertionError(f"found no {count} free consecutive ports")
 
     def start_node(self, **resources) -> int:
         """Starts the head (first call) or a node joining it; returns its process group."""
@@ -98,10 +110,12 @@ class _Cluster:
         else:
             command += ["--head", "--include-dashboard=false"]
             port_flags += _HEAD_PORT_FLAGS
-        ports = {flag: portpicker.pick_unused_port() for flag in port_flags}
+        # Ray refuses a node whose worker range holds one of its other ports: the
+        # range is chosen first, each port then outside every range and port taken.
+        workers = self._free_ports(count=41)
+        ports = {flag: self._free_ports(count=1)[0] for flag in port_flags}
         command += [f"{flag}={port}" for flag, port in ports.items()]
-        worker_ports = portpicker.pick_unused_port()
-        command += [f"--min-worker-port={worker_ports}", f"--max-worker-port={worker_ports + 40}"]
+        command += [f"--min-worker-port={workers[0]}", f"--max-worker-port={workers[-1]}"]
         proc = subprocess.Popen(  # Its nodes' daemons keep its process group.
             command,
             env=_env(),
