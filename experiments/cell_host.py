@@ -25,7 +25,7 @@ from absl import app, flags
 
 from experiments import cli
 from experiments import run as run_lib  # Defines the experiments.run flags, parsed per cell.
-from tff_vision import process_cache, runtime
+from tff_vision import memory, process_cache, runtime
 from tff_vision.sweep import hosts
 
 # Distinct builds kept: a sweep has one per algorithm and model.
@@ -68,7 +68,7 @@ def reset() -> None:
     tf.keras.backend.clear_session()
     tf.keras.mixed_precision.set_global_policy("float32")  # What a fresh process starts with.
     _reset_retracing_counts()
-    runtime.release_free_memory()
+    memory.release_free_memory()
 
 
 def _reset_retracing_counts() -> None:

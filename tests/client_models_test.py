@@ -47,7 +47,7 @@ class ClientModelsTest(fl_testing.LocalContextTestCase):
         super().setUpClass()
         fed = fl_testing.retina_federated(0)
         cls.classes = fed.partition.client_classes
-        rounds = client_data.RoundData(fed, None, batch_size=8, indexed=True)
+        cls.rounds = rounds = client_data.RoundData(fed, None, batch_size=8, indexed=True)
         dataset = data.load("retinamnist", 28, fl_testing.SHARED_MEDMNIST, allow_download=False)
         cls.held_out = selection.HeldOut(dataset.test, dataset.val, 5, cls.classes)
         cls.process = algorithms.build_process(
@@ -125,6 +125,30 @@ class ClientModelsTest(fl_testing.LocalContextTestCase):
         for key in ("0", "1", "2"):
             self.assertEqual(row[f"eval_client/{key}/accuracy"], result.clients[key].accuracy)
             self.assertEqual(row[f"eval_subset_auc/{key}"], result.per_client_subset_auc[key])
+
+    def test_scoring_reads_the_global_weights_once_for_all_clients(self):
+        # Each get_model_weights call sends the whole state through the executor.
+        calls = []
+        process = self.process
+
+        class Counting:
+            def __getattr__(self, name):
+                return getattr(process, name)
+
+            def get_model_weights(self, state):
+                calls.append(1)
+                return process.get_model_weights(state)
+
+        step = training.RoundStep(Counting(), self.rounds, None)
+        state = self.outcome.state
+        for _ in range(2):
+            own = step.client_models(state)
+            self.assertLen(own, 3)
+            for client, weights in enumerate(own):
+                fl_testing.assert_states_equal(
+                    weights, fedbn.client_model_weights(process, state, client)
+                )
+        self.assertLen(calls, 1)  # The first state's check; the state is read after.
 
     def test_stored_logits_give_back_the_result(self):
         result = self.outcome.final_eval

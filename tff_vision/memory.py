@@ -1,4 +1,4 @@
-"""Lean memory (--lean_memory): how a run of a large model keeps its peak low, at equal results.
+"""The memory of a run: lean mode (--lean_memory) and glibc's heap, at equal results.
 
 A federated run's peak is its process plus its TFF workers. Lean memory means:
 - the process builds its learning process in a fresh one (`fresh_process`),
@@ -15,12 +15,17 @@ None of these changes a number (tested). They cost a few seconds per run (the
 fresh process's imports), ~10% of the speed of Keras training in this process
 (baselines, fine-tuning) and, with small models, round time: so `auto` is
 lean for every model but the small CNN.
+
+The heap calls (`trim_heap`, the mmap threshold) are glibc's, through one
+loader, and no-ops where the C library is another.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import gc
 import os
 from collections.abc import Iterator
 
@@ -68,10 +73,38 @@ def large_blocks_returned(enabled: bool) -> Iterator[None]:
 
 
 def _set_mmap_threshold(size: int) -> None:
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, size)
+
+
+def release_free_memory() -> None:
+    """Collects garbage and returns glibc's free heap pages to the OS (so RSS reads true)."""
+    gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Returns glibc's free heap pages to the OS (`malloc_trim`; a no-op elsewhere).
+
+    A round frees several model-sized buffers (the state sent and received,
+    the evaluation's activations) in arenas that glibc would otherwise keep
+    resident; the trainer trims after each round so that they do not.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, or None where the C library is another (no `malloc_trim`, `mallopt`)."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, size)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018  (AttributeError where absent)
     except (OSError, AttributeError):
-        pass
+        return None
+    return libc
 
 
 @contextlib.contextmanager

@@ -30,7 +30,6 @@ interfaces and a warning says so. Remote `--workers` are the user's to protect.
 
 import atexit
 import contextlib
-import ctypes
 import functools
 import os
 import pathlib
@@ -40,6 +39,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+from tff_vision import memory
 from tff_vision import workers as workers_lib
 from tff_vision.workers import LocalWorker, RuntimeSetupError, find_workers, worker_binary_path
 
@@ -49,7 +49,6 @@ __all__ = [
     "RuntimeSetupError",
     "find_workers",
     "local_context",
-    "release_free_memory",
     "restart_local_workers",
     "restart_workers_after",
     "shutdown",
@@ -57,7 +56,6 @@ __all__ = [
     "start_local_multi_worker_context",
     "start_local_workers",
     "start_multi_worker_context",
-    "trim_heap",
     "worker_binary_path",
 ]
 
@@ -413,7 +411,7 @@ def restart_local_workers() -> bool:
     if recipe is None:
         return False
     shutdown()
-    release_free_memory()  # What the old context held, back to the OS.
+    memory.release_free_memory()  # What the old context held, back to the OS.
     recipe()
     return True
 
@@ -429,27 +427,6 @@ def restart_workers_after(round_num: int, every: int, last_round: int) -> bool:
     if every and round_num % every == 0 and round_num < last_round:
         return restart_local_workers()
     return False
-
-
-def release_free_memory() -> None:
-    """Collects garbage and returns glibc's free heap pages to the OS (so RSS reads true)."""
-    import gc  # pylint: disable=g-import-not-at-top
-
-    gc.collect()
-    trim_heap()
-
-
-def trim_heap() -> None:
-    """Returns glibc's free heap pages to the OS (`malloc_trim`; a no-op elsewhere).
-
-    A round frees several model-sized buffers (the state sent and received,
-    the evaluation's activations) in arenas that glibc would otherwise keep
-    resident; the trainer trims after each round so that they do not.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def shutdown() -> None:

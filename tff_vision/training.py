@@ -34,7 +34,15 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_vision import algorithms, checkpoints, communication, evaluation, interrupts, runtime
+from tff_vision import (
+    algorithms,
+    checkpoints,
+    communication,
+    evaluation,
+    interrupts,
+    memory,
+    runtime,
+)
 from tff_vision.availability import Availability, num_batches
 from tff_vision.progress import Progress
 from tff_vision.selection import Selection
@@ -176,7 +184,7 @@ class RoundStep:
 
     def client_models(self, state) -> list | None:
         """Each client's own `ModelWeights` in `state`; None where all share the global one."""
-        return algorithms.client_models(self.process, state)
+        return algorithms.client_models(self.process, state, self.model_weights(state))
 
 
 def _global_weights(state) -> tff.learning.models.ModelWeights | None:
@@ -371,7 +379,7 @@ class FederatedTrainer:
             progress.update(round_num, row["seconds"], _progress_metrics(row))
             if runtime.restart_workers_after(round_num, self.restart_workers_every, self.rounds):
                 self.printer(f"[federated] fresh TFF worker(s) after round {round_num}")
-            runtime.trim_heap()
+            memory.trim_heap()
         interrupts.raise_if_interrupted()
         if final_eval is None:  # Nothing left to run: evaluate the restored final state.
             final_eval, final_val = self._score(state)

@@ -18,7 +18,7 @@ from experiments.benchmarking.config import BenchmarkConfig, Row, yes_no
 from experiments.benchmarking.measure import Clock, mib, process_tree_rss, ratio, steady_seconds
 from experiments.benchmarking.run_memory import suite_run_memory
 from experiments.benchmarking.sweep_suite import suite_sweep
-from tff_vision import runtime
+from tff_vision import memory, runtime
 
 Printer = Callable[[str], None]
 
@@ -154,7 +154,7 @@ def _memory_trace(config: BenchmarkConfig, fed, printer: Printer) -> _MemoryTrac
         clock.measure("round", run.run_round)
         peak = max(peak, process_tree_rss()["total"])
         if round_num in (early, late):
-            runtime.release_free_memory()
+            memory.release_free_memory()
             samples[round_num] = process_tree_rss()
             printer(
                 f"  memory round {round_num}: {mib(samples[round_num]['total']):.0f} MiB "
@@ -174,7 +174,7 @@ def _datasets_only_rss(config: BenchmarkConfig, fed, printer: Printer) -> dict[i
         for client in fed.client_ids:
             fed.round_dataset(client, late + round_num)
         if round_num in (early, late):
-            runtime.release_free_memory()
+            memory.release_free_memory()
             rss[round_num] = process_tree_rss()["self"]
     printer(f"  memory, round datasets only: {mib(rss[early]):.0f} -> {mib(rss[late]):.0f} MiB")
     return rss
@@ -266,10 +266,10 @@ def suite_clients(config: BenchmarkConfig, printer: Printer) -> list[Row]:
     feds, data_bytes = {}, {}
     for registered in (dense_n, sparse_n):
         images, labels = runs.synthetic(registered * per_client, config.seed)
-        runtime.release_free_memory()
+        memory.release_free_memory()
         before = process_tree_rss()["total"]
         feds[registered] = runs.federated_data(images, labels, registered, config)
-        runtime.release_free_memory()
+        memory.release_free_memory()
         data_bytes[registered] = process_tree_rss()["total"] - before
     first = feds[dense_n]
     built = runs.build_fedavg_process(

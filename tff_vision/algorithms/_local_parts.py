@@ -340,13 +340,28 @@ class LocalPartsProcess(_client_state.ClientIndexedLearningProcess):
         self.local_trainable_slots = tuple(local_trainable_slots)
         self.local_non_trainable_slots = tuple(local_non_trainable_slots)
 
-    def client_models(self, state: Any) -> list[tff.learning.models.ModelWeights]:
-        """Every client's own model in `state` (see `client_model_weights`), in client order."""
-        return [client_model_weights(self, state, i) for i in range(self.num_clients)]
+    def client_models(
+        self, state: Any, global_weights: tff.learning.models.ModelWeights | None = None
+    ) -> list[tff.learning.models.ModelWeights]:
+        """Every client's own model in `state` (see `client_model_weights`), in client order.
+
+        The global weights are read once for all clients: `global_weights` where
+        the caller has them, else one call of `get_model_weights`.
+        """
+        if global_weights is None:
+            global_weights = self.get_model_weights(state)
+        return [
+            client_model_weights(self, state, i, global_weights=global_weights)
+            for i in range(self.num_clients)
+        ]
 
 
 def client_model_weights(
-    process: LocalPartsProcess, state: Any, client_index: int
+    process: LocalPartsProcess,
+    state: Any,
+    client_index: int,
+    *,
+    global_weights: tff.learning.models.ModelWeights | None = None,
 ) -> tff.learning.models.ModelWeights:
     """Client `client_index`'s model: the global shared weights with its own kept part.
 
@@ -354,6 +369,8 @@ def client_model_weights(
         process: A `LocalPartsProcess` (FedBN, FedPer, FedRep, Ditto).
         state: A state of `process`.
         client_index: Index of the client in `[0, process.num_clients)`.
+        global_weights: `process.get_model_weights(state)`, where the caller has
+            it (each call sends the whole state through the executor); else called.
 
     Returns:
         `ModelWeights` of numpy arrays (assign with `.assign_weights_to(model)`).
@@ -361,7 +378,7 @@ def client_model_weights(
     """
     if not 0 <= client_index < process.num_clients:
         raise ValueError(f"client_index {client_index} out of range [0, {process.num_clients})")
-    weights = process.get_model_weights(state)
+    weights = global_weights if global_weights is not None else process.get_model_weights(state)
     trainable = [np.asarray(w) for w in weights.trainable]
     non_trainable = [np.asarray(w) for w in weights.non_trainable]
     client_state = state.client_work

@@ -377,13 +377,15 @@ def _same(value: Any) -> Any:
     return value
 
 
-def client_models(process: Any, state: Any) -> list[Any] | None:
+def client_models(process: Any, state: Any, global_weights: Any = None) -> list[Any] | None:
     """Each client's own `ModelWeights` in `state`, or None where all clients share one model.
 
     Algorithms that keep part of the model per client (FedBN's normalization
     layers, FedPer's and FedRep's heads, Ditto's personal models) give their
-    processes a `client_models(state)` method; the global model of such a
-    process is used by no client, so it is these that are scored.
+    processes a `client_models(state, global_weights=None)` method; the global
+    model of such a process is used by no client, so it is these that are
+    scored. `global_weights`, where the caller has read them from `state`,
+    spares the process a call of `get_model_weights`.
     """
     own = getattr(process, "client_models", None)
-    return None if own is None else own(state)
+    return None if own is None else own(state, global_weights=global_weights)
