@@ -161,7 +161,10 @@ class LeanRunTest(run_testing.RunnerTestCase):
             )
             lines = []
             experiment.run_setup(experiment.setup(config), printer=lines.append)
-            self.assertEqual(any(line.startswith("lean memory:") for line in lines), mode == "on")
+            lean = [line for line in lines if line.startswith("lean memory:")]
+            self.assertLen(lean, mode == "on")
+            if lean:
+                self.assertIn("a worker trains 1 client(s) at a time", lean[0])
             found = measure.run_results(out)
             results[mode] = json.dumps(found, sort_keys=True).replace(str(out), "OUT")
         self.assertEqual(results["on"], results["off"])

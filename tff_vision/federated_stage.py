@@ -271,9 +271,14 @@ def _get_process(
     spec = parts.data.element_spec
     build = functools.partial(build_process, config, spec, build_model)
     if lean_memory:
+        workers = (
+            "remote workers keep their own settings"
+            if config.workers
+            else f"a worker trains {config.worker_concurrency or 1} client(s) at a time"
+        )
         printer(
-            "lean memory: the process is built in a fresh one, a worker trains "
-            f"{config.worker_concurrency or 1} client(s) at a time (--lean_memory=off: faster)"
+            f"lean memory: the process is built in a fresh one, {workers} "
+            "(--lean_memory=off: faster)"
         )
         build = functools.partial(
             fresh_process.call, functools.partial(_build_fresh, config, spec, build_model)
