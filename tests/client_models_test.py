@@ -128,27 +128,17 @@ class ClientModelsTest(fl_testing.LocalContextTestCase):
 
     def test_scoring_reads_the_global_weights_once_for_all_clients(self):
         # Each get_model_weights call sends the whole state through the executor.
-        calls = []
-        process = self.process
-
-        class Counting:
-            def __getattr__(self, name):
-                return getattr(process, name)
-
-            def get_model_weights(self, state):
-                calls.append(1)
-                return process.get_model_weights(state)
-
-        step = training.RoundStep(Counting(), self.rounds, None)
+        counting = fl_testing.CountingWeights(self.process)
+        step = training.RoundStep(counting, self.rounds, None)
         state = self.outcome.state
         for _ in range(2):
             own = step.client_models(state)
             self.assertLen(own, 3)
             for client, weights in enumerate(own):
                 fl_testing.assert_states_equal(
-                    weights, fedbn.client_model_weights(process, state, client)
+                    weights, fedbn.client_model_weights(self.process, state, client)
                 )
-        self.assertLen(calls, 1)  # The first state's check; the state is read after.
+        self.assertEqual(counting.calls, 1)  # The first state's check; the state is read after.
 
     def test_stored_logits_give_back_the_result(self):
         result = self.outcome.final_eval

@@ -7,8 +7,10 @@ small synthetic clients of different sizes (`small_model`, `small_datasets`).
 """
 
 import asyncio
+import inspect
 import pathlib
 import tempfile
+import types
 
 import numpy as np
 import tensorflow as tf
@@ -117,6 +119,26 @@ def tiny_fedavg(fed):
         keras_model.model_fn(tiny_model, fed.element_spec),
         client_optimizer=algorithms.build_optimizer("sgd", 0.1),
     )
+
+
+class CountingWeights:
+    """`process` with its `get_model_weights` calls counted in `calls` (each is a TFF call).
+
+    The process's own methods run on this wrapper, so that their calls count too.
+    """
+
+    def __init__(self, process):
+        self.process, self.calls = process, 0
+
+    def __getattr__(self, name):
+        method = getattr(type(self.process), name, None)
+        if inspect.isfunction(method):
+            return types.MethodType(method, self)
+        return getattr(self.process, name)
+
+    def get_model_weights(self, state):
+        self.calls += 1
+        return self.process.get_model_weights(state)
 
 
 def train_tiny(process, fed, held_out, output_dir, rounds, **trainer_args):

@@ -105,23 +105,13 @@ class ProcessPickleTest(fl_testing.LocalContextTestCase):
 class ModelWeightsTest(fl_testing.RetinaTestCase):
     def test_weights_read_from_the_state_after_one_checked_call(self):
         process = fl_testing.tiny_fedavg(self.fed)
-        calls = []
-        get = process.get_model_weights
-
-        class Counting:
-            def __getattr__(self, name):
-                return getattr(process, name)
-
-            def get_model_weights(self, state):
-                calls.append(1)
-                return get(state)
-
-        step = training.RoundStep(Counting(), self.fed, process.get_model_weights(self.state0()))
+        counting = fl_testing.CountingWeights(process)
+        step = training.RoundStep(counting, self.fed, process.get_model_weights(self.state0()))
         state = step.initial_state()
         first, second = step.model_weights(state), step.model_weights(state)
-        self.assertLen(calls, 1)
+        self.assertEqual(counting.calls, 1)
         fl_testing.assert_states_equal(first, second)
-        fl_testing.assert_states_equal(second, get(state))
+        fl_testing.assert_states_equal(second, process.get_model_weights(state))
 
     def test_a_process_whose_weights_are_not_the_states_is_always_called(self):
         process = fl_testing.tiny_fedavg(self.fed)
