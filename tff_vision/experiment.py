@@ -192,7 +192,7 @@ def _run_stages(s: Setup, printer: Callable[[str], None]) -> dict[str, Any]:
 
     start = time.monotonic()
     config, dataset, partition, out = s.config, s.dataset, s.partition, s.output_dir
-    device, machine = _configure_tf(config)
+    device, machine = devices.configure(config.op_determinism, config.mixed_precision)
     outputs.write_start(config, dataset, partition, out, machine, printer)
     parts = federated_stage.build_parts(config, dataset, partition, printer)
     build = model_builder(config, dataset)
@@ -223,8 +223,3 @@ def _run_stages(s: Setup, printer: Callable[[str], None]) -> dict[str, Any]:
         started=start,
         printer=printer,
     )
-
-
-def _configure_tf(config: ExperimentConfig) -> tuple[str, str]:
-    """Sets TF's devices, op determinism and precision; returns the device and all three."""
-    return devices.configure(config.op_determinism, config.mixed_precision)
