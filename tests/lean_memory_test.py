@@ -9,6 +9,7 @@ and summary of a run without it.
 import functools
 import json
 import os
+from unittest import mock
 
 import fl_testing
 import numpy as np
@@ -130,6 +131,7 @@ class ModelWeightsTest(fl_testing.RetinaTestCase):
         step = training.RoundStep(Shifted(), self.fed, other)
         for _ in range(2):
             fl_testing.assert_states_equal(step.model_weights(state), other)
+        self.assertIsNone(step.client_models(state))  # Without a call: all share one model.
         self.assertLen(calls, 2)
 
     def state0(self):
@@ -177,15 +179,11 @@ class MemoryModeTest(parameterized.TestCase):
 
     def test_worker_env_leaves_the_callers_own_threshold(self):
         name = "MALLOC_MMAP_THRESHOLD_"
-        saved = os.environ.pop(name, None)
-        try:
+        with mock.patch.dict(os.environ):
+            os.environ.pop(name, None)
             self.assertEqual(memory.worker_env(), {name: str(1 << 20)})
             os.environ[name] = "65536"
             self.assertEqual(memory.worker_env(), {})
-        finally:
-            os.environ.pop(name, None)
-            if saved is not None:
-                os.environ[name] = saved
 
     def test_allocator_variable_is_set_only_inside(self):
         name = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"

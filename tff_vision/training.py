@@ -184,6 +184,8 @@ class RoundStep:
 
     def client_models(self, state) -> list | None:
         """Each client's own `ModelWeights` in `state`; None where all share the global one."""
+        if not algorithms.has_client_models(self.process):
+            return None
         return algorithms.client_models(self.process, state, self.model_weights(state))
 
 

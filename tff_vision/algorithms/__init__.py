@@ -58,6 +58,7 @@ from tff_vision.algorithms.registry import (
     build_process,
     check_combination,
     client_models,
+    has_client_models,
 )
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "build_process",
     "check_combination",
     "client_models",
+    "has_client_models",
     "learning_rate_schedule",
     "server_optimizer_spec",
 ]

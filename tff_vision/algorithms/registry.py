@@ -387,5 +387,11 @@ def client_models(process: Any, state: Any, global_weights: Any = None) -> list[
     scored. `global_weights`, where the caller has read them from `state`,
     spares the process a call of `get_model_weights`.
     """
-    own = getattr(process, "client_models", None)
-    return None if own is None else own(state, global_weights=global_weights)
+    if not has_client_models(process):
+        return None
+    return process.client_models(state, global_weights=global_weights)
+
+
+def has_client_models(process: Any) -> bool:
+    """Whether `process` keeps a model per client (see `client_models`)."""
+    return callable(getattr(process, "client_models", None))
